@@ -1,0 +1,1 @@
+"""sipcore: the SIP stack. Its pure, sans-IO core is :mod:`sipcore.sip`."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SipcoreConfig(AppConfig):
+    name = "sipcore"
+    verbose_name = "SIP"
