@@ -1,0 +1,143 @@
+"""Messages the transaction layer builds: responses (RFC 3261 §8.2.6), the ACK for
+a non-2xx final response (§17.1.1.3), CANCEL (§9.1), branches and tags."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Final
+
+from sipcore.sip.message import Headers, Request, Response
+
+# RFC 3261 §8.1.1.7: the branch of an RFC 3261 transaction starts with the magic cookie.
+MAGIC_COOKIE: Final = "z9hG4bK"
+
+REASON_PHRASES: Final[dict[int, str]] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service", 400: "Bad Request",
+    401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    421: "Extension Required", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}  # fmt: skip
+
+
+def new_branch() -> str:
+    """A fresh branch: the magic cookie and 64 random bits (RFC 3261 §8.1.1.7)."""
+    return MAGIC_COOKIE + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    """A fresh From/To tag: 64 random bits (RFC 3261 §19.3 asks for at least 32)."""
+    return secrets.token_hex(8)
+
+
+def _top_via(request: Request) -> str:
+    seeds = request.headers._seeds.get("via")
+    if not seeds:
+        raise ValueError("the request has no Via header")
+    top: str = seeds[0][0]  # the text of the first via-parm, even if a line lists several
+    return top
+
+
+def _required(request: Request, name: str) -> str:
+    value = request.headers.get(name)
+    if value is None:
+        raise ValueError(f"the request has no {name} header")
+    return value
+
+
+def make_response(
+    request: Request,
+    status_code: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
+    """A response to ``request`` (RFC 3261 §8.2.6.2).
+
+    Via (all, in order), From, Call-ID and CSeq are copied; To is copied and
+    gets a tag when it has none, except on 100 Trying. A 100 copies Timestamp
+    (§8.2.6.1); 101-299 responses copy Record-Route (§12.1.1).
+    """
+    response_headers = Headers()
+    for via in request.headers.get_all("Via"):
+        response_headers.add("Via", via)
+    response_headers.add("From", _required(request, "From"))
+    to = _required(request, "To")
+    if status_code != 100 and request.to_tag is None:
+        to = f"{to};tag={to_tag or new_tag()}"
+    response_headers.add("To", to)
+    response_headers.add("Call-ID", _required(request, "Call-ID"))
+    response_headers.add("CSeq", _required(request, "CSeq"))
+    if status_code == 100 and (timestamp := request.headers.get("Timestamp")) is not None:
+        response_headers.add("Timestamp", timestamp)
+    if 101 <= status_code < 300:
+        for record_route in request.headers.get_all("Record-Route"):
+            response_headers.add("Record-Route", record_route)
+    for name, value in headers:
+        response_headers.add(name, value)
+    if content_type is not None:
+        response_headers.add("Content-Type", content_type)
+    response_headers.add("Content-Length", str(len(body)))
+    return Response(status_code, reason if reason is not None else REASON_PHRASES.get(status_code, ""),
+                    response_headers, body)  # fmt: skip
+
+
+def make_ack(invite: Request, response: Response) -> Request:
+    """The ACK a client transaction sends for a non-2xx final response (RFC 3261 §17.1.1.3).
+
+    Same Request-URI, Call-ID, From and CSeq number as the INVITE, To from the
+    response (with its tag), one Via equal to the INVITE's top Via, and the
+    INVITE's Route headers.
+    """
+    if invite.method != "INVITE":
+        raise ValueError(f"an ACK answers an INVITE, not {invite.method}")
+    if response.status_code < 300:
+        raise ValueError("the ACK for a 2xx response belongs to the dialog (RFC 3261 §13.2.2.4), not here")
+    cseq = invite.cseq
+    assert cseq is not None
+    headers = Headers()
+    headers.add("Via", _top_via(invite))
+    headers.add("Max-Forwards", "70")
+    headers.add("From", _required(invite, "From"))
+    headers.add("To", response.headers.get("To") or _required(invite, "To"))
+    headers.add("Call-ID", _required(invite, "Call-ID"))
+    headers.add("CSeq", f"{cseq.number} ACK")
+    for route in invite.headers.get_all("Route"):
+        headers.add("Route", route)
+    headers.add("Content-Length", "0")
+    return Request("ACK", invite.uri, headers)
+
+
+def make_cancel(request: Request) -> Request:
+    """CANCEL for a pending request (RFC 3261 §9.1): same Request-URI, Call-ID, To,
+    From, CSeq number and top Via; method CANCEL; the request's Route headers."""
+    if request.method in ("ACK", "CANCEL"):
+        raise ValueError(f"{request.method} cannot be cancelled (RFC 3261 §9.1)")
+    cseq = request.cseq
+    assert cseq is not None
+    headers = Headers()
+    headers.add("Via", _top_via(request))
+    headers.add("Max-Forwards", "70")
+    headers.add("From", _required(request, "From"))
+    headers.add("To", _required(request, "To"))
+    headers.add("Call-ID", _required(request, "Call-ID"))
+    headers.add("CSeq", f"{cseq.number} CANCEL")
+    for route in request.headers.get_all("Route"):
+        headers.add("Route", route)
+    headers.add("Content-Length", "0")
+    return Request("CANCEL", request.uri, headers)

@@ -1,0 +1,648 @@
+"""SIP requests and responses: parsing (RFC 3261 §7, §20, §25), serialization.
+
+``parse_message(datagram)`` returns a :class:`Request` or :class:`Response`, or
+raises :class:`ParseError` with the status code a server should answer with.
+Known headers are checked against the grammar and their typed values kept;
+unknown ones are kept as written, in order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+from sipcore.sip.errors import ParseError
+from sipcore.sip.grammar import TOKEN_RE
+from sipcore.sip.headers import (
+    COMPACT_FORMS,
+    COMPACT_NAME_OF,
+    HEADER_RULES,
+    CSeq,
+    MediaType,
+    NameAddress,
+    Via,
+    canonical_key,
+    display_name_of,
+    via_of,
+)
+from sipcore.sip.uri import SCHEME_RE, Uri, parse_uri, validate_sip_uri
+
+SIP_VERSION: Final = "SIP/2.0"
+MAX_DATAGRAM_SIZE: Final = 65535  # RFC 3261 §18.1.1: nothing larger fits a UDP datagram
+
+# Methods of RFC 3261 and the extensions a proxy meets every day.
+KNOWN_METHODS: Final = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
+)  # fmt: skip
+# RFC 3261 §8.1.1 (requests) and §8.2.6.2 (responses): without these there is no transaction.
+REQUIRED_HEADERS: Final = ("via", "from", "to", "call-id", "cseq")
+_REQUIRED_KEYS: Final = frozenset(REQUIRED_HEADERS)
+# A plain sip:/sips: Request-URI (no escapes, no IPv6, no headers); others take the full check.
+_FAST_REQUEST_URI_RE: Final = re.compile(
+    r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;/]+(?::[A-Za-z0-9\-_.!~*'()&=+$,]*)?@)?"
+    r"[A-Za-z0-9][A-Za-z0-9\-.]*(?::([0-9]{1,5}))?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]*)?)*"
+)
+
+_VERSION_RE: Final = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+_UNFOLD_RE: Final = re.compile(r"[ \t]*\r\n[ \t]+")
+# Reason-Phrase: any UTF-8 text, SP and HTAB; no other control characters.
+_BAD_REASON_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+# Exact spellings seen on the wire -> lookup key, so the common case skips the
+# token check and the lower-casing.
+
+
+def _header_entry(key: str) -> tuple[str, Any, Any, bool]:
+    """(lookup key, fast matcher or None, check or None, may repeat) for a lookup key."""
+    rule = HEADER_RULES.get(key)
+    return (key, None, None, True) if rule is None else (key, rule.fast, rule.check, rule.multiple)
+
+
+# Exact spellings seen on the wire -> their entry, so the common case costs one
+# dict lookup per line (no token check, no lower-casing).
+_ENTRY_OF_SPELLING: dict[str, tuple[str, Any, Any, bool]] = {}
+_COMMON_UNCHECKED: Final = (
+    "accept", "allow", "supported", "user-agent", "server", "require", "subject", "proxy-require",
+    "authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate", "content-encoding",
+    "content-disposition", "accept-encoding", "accept-language", "event", "allow-events", "session-expires",
+    "min-se", "p-asserted-identity", "privacy", "rseq", "rack", "timestamp", "organization", "unsupported",
+    "refer-to", "referred-by",
+)  # fmt: skip
+for _key in (*HEADER_RULES, *_COMMON_UNCHECKED):
+    for _spelling in (_key, display_name_of(_key), _key.title(), _key.upper()):
+        _ENTRY_OF_SPELLING[_spelling] = _header_entry(_key)
+for _short, _full in COMPACT_FORMS.items():
+    _ENTRY_OF_SPELLING[_short] = _ENTRY_OF_SPELLING[_short.upper()] = _header_entry(_full)
+
+
+_UNBUILT: Final = object()
+
+
+class Headers:
+    """Header fields in order, each kept as its (unfolded) line ``Name: value``.
+
+    Lookups ignore case and know compact forms. Headers the transaction layer
+    reads (``HEADER_RULES``) are checked when added or parsed, and typed on
+    first use; adding a malformed one raises :class:`ParseError`.
+    """
+
+    __slots__ = ("_lines", "_seeds", "_typed")
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()):
+        self._lines: list[str] = []
+        self._seeds: dict[str, Any] = {}
+        self._typed: dict[str, Any] = {}
+        for name, value in fields:
+            self.add(name, value)
+
+    @classmethod
+    def _trusted(cls, lines: list[str], seeds: dict[str, Any]) -> Headers:
+        headers = cls.__new__(cls)
+        headers._lines = lines
+        headers._seeds = seeds
+        headers._typed = {}
+        return headers
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for line in self._lines:
+            name, _, value = line.partition(":")
+            yield name.rstrip(" \t"), value.strip(" \t")
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self.normalized() == other.normalized()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def normalized(self) -> list[tuple[str, str]]:
+        """(lookup key, value) pairs: what equality compares."""
+        return [(canonical_key(name), value) for name, value in self]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (one header line), or ``default``."""
+        key = canonical_key(name)
+        for field, value in self:
+            if canonical_key(field) == key:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line's value of header ``name``, in order."""
+        key = canonical_key(name)
+        return [value for field, value in self if canonical_key(field) == key]
+
+    def typed(self, key: str) -> Any:
+        """The typed value of a known header (``HEADER_RULES`` key), or None if absent."""
+        value = self._typed.get(key, _UNBUILT)
+        if value is _UNBUILT:
+            seed = self._seeds.get(key)
+            value = None if seed is None else HEADER_RULES[key].build(seed)
+            self._typed[key] = value
+        return value
+
+    def add(self, name: str, value: str) -> None:
+        """Append a header line. Known headers are checked (ParseError if malformed)."""
+        name = name.strip(" \t")
+        if TOKEN_RE.fullmatch(name) is None:
+            raise ParseError(f"header name {name!r} is not a token")
+        if "\r" in value or "\n" in value:
+            raise ParseError(f"{name}: a header value cannot contain CR or LF")
+        value = value.strip(" \t")
+        key = canonical_key(name)
+        rule = HEADER_RULES.get(key)
+        if rule is not None:
+            seed = rule.check(value)
+            if rule.multiple:
+                self._seeds[key] = [*self._seeds.get(key, ()), *seed]
+            elif key in self._seeds:
+                raise ParseError(f"{display_name_of(key)} may appear only once")
+            else:
+                self._seeds[key] = seed
+            self._typed.pop(key, None)
+        self._lines.append(f"{name}: {value}")
+
+    def remove(self, name: str) -> None:
+        """Remove every line of header ``name``."""
+        key = canonical_key(name)
+        self._lines = [
+            line for line in self._lines if canonical_key(line.partition(":")[0].rstrip(" \t")) != key
+        ]
+        self._seeds.pop(key, None)
+        self._typed.pop(key, None)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of header ``name`` by one, where the first one stood."""
+        key = canonical_key(name)
+        position = next((i for i, (field, _) in enumerate(self) if canonical_key(field) == key), None)
+        self.remove(name)
+        self.add(name, value)
+        if position is not None:
+            self._lines.insert(position, self._lines.pop())
+
+    def copy(self) -> Headers:
+        seeds = {key: list(seed) if isinstance(seed, list) else seed for key, seed in self._seeds.items()}
+        copied = Headers._trusted(list(self._lines), seeds)
+        copied._typed = dict(self._typed)
+        return copied
+
+
+class Message:
+    """What requests and responses share: headers, body, typed header access."""
+
+    __slots__ = ("body", "headers")
+
+    headers: Headers
+    body: bytes
+
+    # --- typed access to what the transaction layer needs ---
+
+    @property
+    def via(self) -> list[Via]:
+        return self.headers.typed("via") or []
+
+    @property
+    def top_via(self) -> Via | None:
+        headers = self.headers
+        vias = headers._typed.get("via")
+        if vias is not None:
+            return vias[0] if vias else None
+        seeds = headers._seeds.get("via")
+        return via_of(seeds[0]) if seeds else None  # a proxy's key needs only the top one
+
+    @property
+    def branch(self) -> str | None:
+        """The top Via's branch parameter: what transaction matching reads (RFC 3261 §17.2.3)."""
+        seeds = self.headers._seeds.get("via")
+        if not seeds:
+            return None
+        return _param_of(seeds[0][6], ";branch=", "branch") or (
+            self.top_via.branch if "branch" in seeds[0][6].lower() else None  # type: ignore[union-attr]
+        )
+
+    @property
+    def sent_by(self) -> tuple[str, int | None] | None:
+        """The top Via's sent-by: (host lower-cased, port or None)."""
+        seeds = self.headers._seeds.get("via")
+        if not seeds:
+            return None
+        port = seeds[0][5]
+        return (seeds[0][4].lower(), int(port) if port is not None else None)
+
+    @property
+    def from_(self) -> NameAddress | None:
+        value: NameAddress | None = self.headers.typed("from")
+        return value
+
+    @property
+    def to(self) -> NameAddress | None:
+        value: NameAddress | None = self.headers.typed("to")
+        return value
+
+    @property
+    def from_tag(self) -> str | None:
+        return _tag(self.headers, "from")
+
+    @property
+    def to_tag(self) -> str | None:
+        return _tag(self.headers, "to")
+
+    @property
+    def call_id(self) -> str | None:
+        m = self.headers._seeds.get("call-id")
+        call_id: str | None = None if m is None else m[0]
+        return call_id
+
+    @property
+    def cseq(self) -> CSeq | None:
+        headers = self.headers
+        cseq = headers._typed.get("cseq")
+        if cseq is None:
+            m = headers._seeds.get("cseq")
+            if m is None:
+                return None
+            cseq = headers._typed["cseq"] = CSeq(int(m[1]), m[2])
+        typed: CSeq = cseq
+        return typed
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self.headers._seeds.get("max-forwards")
+
+    @property
+    def content_length(self) -> int | None:
+        return self.headers._seeds.get("content-length")
+
+    @property
+    def content_type(self) -> MediaType | None:
+        value: MediaType | None = self.headers.typed("content-type")
+        return value
+
+    @property
+    def contact(self) -> list[NameAddress]:
+        return self.headers.typed("contact") or []
+
+    @property
+    def route(self) -> list[NameAddress]:
+        return self.headers.typed("route") or []
+
+    @property
+    def record_route(self) -> list[NameAddress]:
+        return self.headers.typed("record-route") or []
+
+    # --- serialization ---
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self, *, compact: bool = False) -> bytes:
+        """The message on the wire; ``compact=True`` writes compact header names (§7.3.3)."""
+        if compact:
+            lines = [self.start_line()]
+            for name, value in self.headers:
+                lines.append(f"{COMPACT_NAME_OF.get(canonical_key(name), name)}: {value}")
+            head = "\r\n".join(lines)
+        else:
+            head = "\r\n".join((self.start_line(), *self.headers._lines))
+        return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    def _same_content(self, other: Message) -> bool:
+        return self.headers == other.headers and self.body == other.body
+
+    def set_body(self, body: bytes, content_type: str | None = None) -> None:
+        """Replace the body, keeping Content-Length (and Content-Type if given) right."""
+        self.body = bytes(body)
+        if content_type is not None:
+            self.headers.set("Content-Type", content_type)
+        self.headers.set("Content-Length", str(len(self.body)))
+
+
+def _param_of(params: str, marker: str, name: str) -> str | None:
+    """Parameter ``name`` read straight off a checked ``;a=b;c`` string when it is plain:
+    one ``;name=`` and no quotes. None when it is absent or not plain (then parse)."""
+    if '"' in params:
+        return None
+    lowered = params.lower()
+    start = lowered.find(marker)
+    if start < 0 or lowered.find(marker, start + 1) >= 0:
+        return None
+    start += len(marker)
+    end = params.find(";", start)
+    return params[start:] if end < 0 else params[start:end]
+
+
+def _tag(headers: Headers, key: str) -> str | None:
+    """The tag of From or To, without building the whole address when it is plain."""
+    address = headers._typed.get(key)
+    if address is not None:
+        return address.tag  # type: ignore[no-any-return]
+    m = headers._seeds.get(key)
+    if m is None:
+        return None
+    tag = _param_of(m[4], ";tag=", "tag")
+    if tag is not None or "tag" not in m[4].lower():
+        return tag
+    return headers.typed(key).tag  # type: ignore[no-any-return]
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self, method: str, uri: str, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b""
+    ):
+        if TOKEN_RE.fullmatch(method) is None:
+            raise ParseError(f"method {method!r} is not a token")
+        self.method = method
+        self.uri = uri
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = bytes(body)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    @property
+    def request_uri(self) -> Uri:
+        return parse_uri(self.uri, "Request-URI")
+
+    def copy(self) -> Request:
+        return Request(self.method, self.uri, self.headers.copy(), self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return self.method == other.method and self.uri == other.uri and self._same_content(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} call-id={self.call_id!r}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status_code")
+
+    def __init__(
+        self,
+        status_code: int,
+        reason: str = "",
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ):
+        if not 100 <= status_code <= 699:
+            raise ParseError(f"status code {status_code} is not in 100-699")
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = bytes(body)
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status_code} {self.reason}"
+
+    @property
+    def is_provisional(self) -> bool:
+        return self.status_code < 200
+
+    def copy(self) -> Response:
+        return Response(self.status_code, self.reason, self.headers.copy(), self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (
+            self.status_code == other.status_code
+            and self.reason == other.reason
+            and self._same_content(other)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status_code} {self.reason} call-id={self.call_id!r}>"
+
+
+# --- parsing ---
+
+
+def _bad_version(version: str) -> ParseError:
+    if _VERSION_RE.fullmatch(version):
+        return ParseError(f"SIP version {version} is not supported (only {SIP_VERSION})", 505)
+    return ParseError(f"{version!r} is not a SIP version")
+
+
+def _parse_request_line(line: str) -> tuple[str, str]:
+    method, _, rest = line.partition(" ")
+    uri, _, version = rest.partition(" ")
+    if version == SIP_VERSION and method in KNOWN_METHODS:
+        m = _FAST_REQUEST_URI_RE.fullmatch(uri)
+        if m is not None and (m[1] is None or int(m[1]) <= 65535):
+            return method, uri
+    return _parse_request_line_in_full(line)
+
+
+def _parse_request_line_in_full(line: str) -> tuple[str, str]:
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        # RFC 4475 §3.1.2.8-10 (lwsruri, lwsstart, trws); §25: exactly one SP between elements.
+        raise ParseError(f"request line {line[:80]!r} is not Method SP Request-URI SP SIP-Version")
+    method, uri, version = parts
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
+        raise _bad_version(version)
+    if TOKEN_RE.fullmatch(method) is None:
+        raise ParseError(f"method {method!r} is not a token")
+    scheme = SCHEME_RE.match(uri)
+    if scheme is None:
+        # RFC 4475 §3.1.2.7 (ltgtruri): "<sip:...>" is not a Request-URI.
+        raise ParseError(f"Request-URI {uri[:80]!r} has no scheme")
+    if scheme.end() in (4, 5) and uri[: scheme.end() - 1].lower() in ("sip", "sips"):
+        if validate_sip_uri(uri, "Request-URI")[7] is not None:
+            # RFC 4475 §3.1.2.11 (escruri); RFC 3261 §19.1.5: no headers in a Request-URI.
+            raise ParseError(f"Request-URI {uri[:80]!r} must not contain headers")
+    else:
+        parse_uri(uri, "Request-URI")
+    return method, uri
+
+
+def _parse_status_line(line: str) -> tuple[int, str]:
+    version, _, rest = line.partition(" ")
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
+        raise _bad_version(version)
+    code, space, reason = rest.partition(" ")
+    # Status-Code is 3DIGIT, 100-699 (RFC 3261 §7.2, RFC 4475 §3.1.2.19 bigcode); the SP
+    # before the (possibly empty) Reason-Phrase is required (§3.1.1.13 noreason).
+    if not space or len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
+        raise ParseError(f"status line {line[:80]!r} is not SIP/2.0 SP 3DIGIT SP Reason-Phrase")
+    if _BAD_REASON_RE.search(reason):
+        raise ParseError("Reason-Phrase contains control characters")
+    return int(code), reason
+
+
+class _FoldedLines(Exception):
+    """Raised by the first pass on meeting a continuation line; the head is unfolded and parsed again."""
+
+
+def _parse_head(head: bytes) -> Request | Response:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head.decode("utf-8", "surrogateescape")  # kept byte for byte, and written back so
+    # RFC 3261 §7.3.1: a line starting with SP or HTAB continues the one before; the
+    # fold is LWS and reads as one SP. Folding is rare, so it is looked for only when
+    # the first pass meets a continuation line or fails.
+    try:
+        return _parse_lines(text)
+    except _FoldedLines:
+        pass
+    except ParseError:
+        if "\r\n " not in text and "\r\n\t" not in text:
+            raise
+    return _parse_lines(_UNFOLD_RE.sub(" ", text))
+
+
+def _parse_lines(text: str) -> Request | Response:
+    # A bare CR or LF cannot hide in what the grammar checks (start line, header
+    # names, known headers' values); unknown headers' values are searched below.
+    lines = text.split("\r\n")
+
+    first = lines[0]
+    message: Request | Response
+    if first[:4].upper() == "SIP/":
+        status_code, reason = _parse_status_line(first)
+        message = Response.__new__(Response)
+        message.status_code, message.reason = status_code, reason
+    else:
+        method, uri = _parse_request_line(first)
+        message = Request.__new__(Request)
+        message.method, message.uri = method, uri
+
+    del lines[0]
+    seeds: dict[str, Any] = {}
+    entry_of = _ENTRY_OF_SPELLING
+    for line in lines:
+        name, colon, value = line.partition(":")
+        entry = entry_of.get(name)
+        if entry is None:
+            if line[:1] in (" ", "\t") and line:
+                raise _FoldedLines
+            if not colon:
+                raise ParseError(
+                    f"header line {line[:60]!r} has no colon" if line else "an empty header line"
+                )
+            name = name.rstrip(" \t")  # HCOLON = *( SP / HTAB ) ":" SWS
+            if TOKEN_RE.fullmatch(name) is None:
+                raise ParseError(f"header name {name[:60]!r} is not a token")
+            entry = _header_entry(canonical_key(name))
+        key, fast, check, multiple = entry
+        if check is None:
+            if "\r" in value or "\n" in value:
+                raise ParseError(f"a bare CR or LF in the {name.strip()} header")
+            continue
+        value = value.strip(" \t")
+        seed = None if fast is None else fast(value)
+        if multiple:
+            seed = check(value) if seed is None else [seed]
+            previous = seeds.get(key)
+            seeds[key] = seed if previous is None else previous + seed
+        elif key in seeds:
+            # RFC 4475 §3.3.8 (multi01), §3.3.9 (mcl01): single-valued headers, once.
+            raise ParseError(f"{display_name_of(key)} appears more than once")
+        else:
+            seeds[key] = check(value) if seed is None else seed
+
+    if not seeds.keys() >= _REQUIRED_KEYS:
+        missing = next(key for key in REQUIRED_HEADERS if key not in seeds)
+        # RFC 4475 §3.3.1 (insuf): no transaction can be formed without these.
+        raise ParseError(f"required header {display_name_of(missing)} is missing")
+    if type(message) is Request:
+        cseq_method = seeds["cseq"][2]
+        if cseq_method != message.method:
+            # RFC 3261 §8.1.1.5; RFC 4475 §3.1.2.17-18 (mismatch01/02): 501 for an unknown method.
+            code = 400 if message.method in KNOWN_METHODS else 501
+            raise ParseError(
+                f"CSeq method {cseq_method} does not match the request method {message.method}", code
+            )
+    headers = Headers.__new__(Headers)
+    headers._lines, headers._seeds, headers._typed = lines, seeds, {}
+    message.headers = headers
+    return message
+
+
+def _split_head(data: bytes, start: int) -> tuple[bytes, int]:
+    """(header section with CRLF line ends, offset of the body) of a datagram.
+
+    A datagram that ends right after a header line, without the empty line, is
+    read as headers only: the datagram's end is unambiguous (RFC 4475's own
+    baddn and RFC 5118's §4.10 messages are published that way).
+    """
+    first_lf = data.find(b"\n", start)
+    if first_lf > start and data[first_lf - 1] == 13:
+        end = data.find(b"\r\n\r\n", start)
+        if end >= 0:
+            return data[start:end], end + 4
+        if data.endswith(b"\r\n"):
+            return data[start:-2], len(data)
+        raise ParseError("the header section does not end with an empty line (CRLF CRLF)")
+    # Bare LF line ends (RFC 5118's published archive uses them): tolerated when
+    # consistent, as the robustness principle asks; mixed line ends are refused.
+    end = data.find(b"\n\n", start)
+    if end >= 0:
+        head, body_start = data[start:end], end + 2
+    elif data.endswith(b"\n"):
+        head, body_start = data[start:-1], len(data)
+    else:
+        raise ParseError("the header section does not end with an empty line")
+    if b"\r" in head:
+        raise ParseError("the header section mixes CRLF and bare LF line ends")
+    return head.replace(b"\n", b"\r\n"), body_start
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise ParseError(f"expected bytes, got {type(data).__name__}")
+
+
+def parse_message(
+    data: bytes | bytearray | memoryview, *, max_size: int = MAX_DATAGRAM_SIZE
+) -> Request | Response:
+    """Parse one message from a datagram (RFC 3261 §18.3).
+
+    The body is Content-Length bytes; octets after it are discarded. Without
+    Content-Length the body is the rest of the datagram. Raises ParseError only.
+    """
+    if type(data) is not bytes:
+        data = _as_bytes(data)
+    if len(data) > max_size:
+        raise ParseError(f"message of {len(data)} bytes exceeds {max_size}", 513)
+    start = 0
+    while data.startswith(b"\r\n", start):  # RFC 3261 §7.5: CRLFs before the start line
+        start += 2
+    if start == len(data):
+        raise ParseError("empty message")
+    head, body_start = _split_head(data, start)
+    message = _parse_head(head)
+    length = message.headers._seeds.get("content-length")
+    available = len(data) - body_start
+    if length is None:
+        message.body = data[body_start:]
+    elif length > available:
+        # RFC 4475 §3.1.2.2 (clerr): on a datagram the missing octets are never coming.
+        raise ParseError(f"Content-Length {length} exceeds the {available} octets after the headers")
+    else:
+        message.body = data[body_start : body_start + length]
+    return message

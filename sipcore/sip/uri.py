@@ -1,0 +1,178 @@
+"""SIP, SIPS and tel URIs (RFC 3261 §19.1, §25.1; RFC 3966), IPv6 per RFC 5118.
+
+Other schemes are kept intact as :class:`AbsoluteUri`. ``str(uri)`` gives back
+the text it was parsed from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote
+
+from sipcore.sip.errors import ParseError
+from sipcore.sip.grammar import HOST, PORT, URI_SCHEME
+
+_ESCAPED: Final = r"%[0-9A-Fa-f]{2}"
+_UNRESERVED: Final = r"A-Za-z0-9\-_.!~*'()"
+# user = 1*( unreserved / escaped / user-unreserved ); user-unreserved = & = + $ , ; ? /
+_USER: Final = rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+"
+# password = *( unreserved / escaped / & = + $ , )
+_PASSWORD: Final = rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*"
+# paramchar = param-unreserved / unreserved / escaped; param-unreserved = [ ] / : & + $
+_PARAMCHAR: Final = rf"(?:[\[\]/:&+${_UNRESERVED}]|{_ESCAPED})"
+_URI_PARAMS: Final = rf"(?:;{_PARAMCHAR}+(?:={_PARAMCHAR}*)?)*"
+# hname / hvalue chars: hnv-unreserved ( [ ] / ? : + $ ) / unreserved / escaped
+_HCHAR: Final = rf"(?:[\[\]/?:+${_UNRESERVED}]|{_ESCAPED})"
+_HEADERS: Final = rf"{_HCHAR}+={_HCHAR}*(?:&{_HCHAR}+={_HCHAR}*)*"
+
+SIP_URI_RE: Final = re.compile(
+    rf"(?i:(sips?)):(?:({_USER})(?::({_PASSWORD}))?@)?({HOST})(?::({PORT}))?({_URI_PARAMS})(?:\?({_HEADERS}))?"
+)
+SCHEME_RE: Final = re.compile(URI_SCHEME)
+# absoluteURI's opaque part: any URI characters, no white space or delimiters.
+OPAQUE_RE: Final = re.compile(r"[^\s<>\"\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    scheme: str  # "sip" or "sips", lower case
+    user: str | None  # as written, %-escapes kept
+    password: str | None
+    host: str  # as written; IPv6 references keep their brackets
+    port: int | None
+    params: tuple[tuple[str, str | None], ...]  # names lower-cased
+    headers: str | None
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def user_unescaped(self) -> str | None:
+        return None if self.user is None else unquote(self.user, errors="surrogateescape")
+
+    @property
+    def params_unescaped(self) -> tuple[tuple[str, str | None], ...]:
+        """Parameters with %HH escapes decoded once (RFC 3261 §19.1.2; never recursively)."""
+        return tuple(
+            (
+                unquote(name, errors="surrogateescape"),
+                None if value is None else unquote(value, errors="surrogateescape"),
+            )
+            for name, value in self.params
+        )
+
+    @property
+    def host_address(self) -> str:
+        """The host without IPv6 brackets, lower-cased (RFC 3261 §19.1.4)."""
+        return self.host[1:-1].lower() if self.host.startswith("[") else self.host.lower()
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.params:
+            if key == name:
+                return value if value is not None else ""
+        return None
+
+    @property
+    def transport(self) -> str | None:
+        value = self.param("transport")
+        return value.upper() if value else None
+
+    @property
+    def maddr(self) -> str | None:
+        return self.param("maddr")
+
+    @property
+    def lr(self) -> bool:
+        return self.param("lr") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TelUri:
+    """A tel URI (RFC 3966): the number and its parameters."""
+
+    number: str
+    params: tuple[tuple[str, str | None], ...]
+    text: str
+    scheme: str = "tel"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteUri:
+    """A URI of a scheme SIP does not interpret (RFC 3261 §19: kept intact)."""
+
+    scheme: str
+    opaque: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Uri = SipUri | TelUri | AbsoluteUri
+
+
+def _split_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    params = []
+    for item in text.split(";")[1:]:
+        name, eq, value = item.partition("=")
+        params.append((name.lower(), value if eq else None))
+    return tuple(params)
+
+
+def check_host(host: str, context: str) -> None:
+    """Refuse an IPv6 reference that is not an IPv6 address (RFC 4291).
+
+    RFC 5118 §4.10: RFC 3261's ABNF allows an extra colon before an embedded
+    IPv4 address (``[2001:db8:::192.0.2.1]``); tolerate it.
+    """
+    if host.startswith("["):
+        address = host[1:-1].replace(":::", "::", 1)
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            raise ParseError(f"{context}: {host} is not a valid IPv6 reference") from None
+
+
+def validate_sip_uri(text: str, context: str) -> re.Match[str]:
+    match = SIP_URI_RE.fullmatch(text)
+    if match is None:
+        raise ParseError(f"{context}: {text!r} is not a valid SIP URI")
+    if match[4].startswith("["):
+        check_host(match[4], context)
+    if match[5] is not None and int(match[5]) > 65535:
+        raise ParseError(f"{context}: port {match[5]} is out of range")
+    return match
+
+
+def parse_uri(text: str, context: str = "URI") -> Uri:
+    """Parse ``text``; SIP/SIPS URIs are checked against the grammar, others kept opaque."""
+    scheme_match = SCHEME_RE.match(text)
+    if scheme_match is None:
+        raise ParseError(f"{context}: {text!r} has no URI scheme")
+    scheme = scheme_match[0][:-1].lower()
+    if scheme in ("sip", "sips"):
+        match = validate_sip_uri(text, context)
+        return SipUri(
+            scheme=scheme,
+            user=match[2],
+            password=match[3],
+            host=match[4],
+            port=int(match[5]) if match[5] is not None else None,
+            params=_split_params(match[6]),
+            headers=match[7],
+            text=text,
+        )
+    rest = text[scheme_match.end() :]
+    if not rest or OPAQUE_RE.fullmatch(rest) is None:
+        raise ParseError(f"{context}: {text!r} is not a valid URI")
+    if scheme == "tel":
+        number, _, params = rest.partition(";")
+        return TelUri(number=number, params=_split_params(";" + params) if params else (), text=text)
+    return AbsoluteUri(scheme=scheme, opaque=rest, text=text)
