@@ -11,26 +11,56 @@ from sipcore.sip.errors import (
     TransactionMismatchError,
 )
 from sipcore.sip.headers import CSeq, MediaType, NameAddress, Via
+from sipcore.sip.keys import TransactionKey
 from sipcore.sip.message import Headers, Message, Request, Response, parse_message
-from sipcore.sip.stream import StreamParser
+from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot, restore_transaction
+from sipcore.sip.stream import StreamError, StreamParser
+from sipcore.sip.transaction import (
+    Failure,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Outgoing,
+    Timer,
+    Timings,
+    Transaction,
+    TransactionState,
+    TransportInfo,
+)
 from sipcore.sip.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 
 __all__ = [
+    "SCHEMA_VERSION",
     "AbsoluteUri",
     "CSeq",
+    "Failure",
     "Headers",
     "InvalidSnapshotError",
     "InvalidTransitionError",
+    "InviteClientTransaction",
+    "InviteServerTransaction",
     "MediaType",
     "Message",
     "NameAddress",
+    "NonInviteClientTransaction",
+    "NonInviteServerTransaction",
+    "Outgoing",
     "ParseError",
     "Request",
     "Response",
     "SipUri",
+    "StreamError",
     "StreamParser",
     "TelUri",
+    "Timer",
+    "Timings",
+    "Transaction",
+    "TransactionKey",
     "TransactionMismatchError",
+    "TransactionSnapshot",
+    "TransactionState",
+    "TransportInfo",
     "Via",
     "make_ack",
     "make_cancel",
@@ -39,4 +69,5 @@ __all__ = [
     "new_tag",
     "parse_message",
     "parse_uri",
+    "restore_transaction",
 ]

@@ -1,0 +1,110 @@
+"""Transaction keys: which transaction a message belongs to (RFC 3261 §17.1.3, §17.2.3).
+
+``str(key)`` is a stable storage key (the Redis key is derived from it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from sipcore.sip.builders import MAGIC_COOKIE
+from sipcore.sip.message import Request, Response
+
+Role = Literal["client", "server"]
+
+
+def is_rfc3261_branch(branch: str | None) -> bool:
+    """A branch with the magic cookie and an identifier after it (RFC 3261 §8.1.1.7).
+
+    A bare cookie (RFC 4475 §3.2.1, badbranch) does not identify a transaction.
+    """
+    return branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE)
+
+
+def default_port(transport: str) -> int:
+    return 5061 if transport.upper() in ("TLS", "WSS") else 5060
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionKey:
+    """What identifies a transaction.
+
+    Client keys (§17.1.3): the top Via branch and the CSeq method.
+    Server keys (§17.2.3): the top Via branch and sent-by, and the method, with
+    ACK counted as INVITE. Requests without an RFC 3261 branch fall back to the
+    RFC 2543 rule: Request-URI, From tag, Call-ID, CSeq number and top Via, kept
+    as a digest in ``legacy``.
+    """
+
+    role: Role
+    method: str
+    branch: str = ""
+    sent_by: str = ""
+    legacy: str = ""
+
+    def __str__(self) -> str:
+        if self.legacy:
+            return f"{self.role[0]}|2543|{self.legacy}|{self.method}"
+        if self.role == "server":
+            return f"s|{self.branch}|{self.sent_by}|{self.method}"
+        return f"c|{self.branch}|{self.method}"
+
+    @property
+    def is_rfc2543(self) -> bool:
+        return bool(self.legacy)
+
+    @classmethod
+    def for_client(cls, message: Request | Response) -> TransactionKey:
+        """The client transaction a request starts, or a response belongs to (§17.1.3)."""
+        cseq = message.cseq
+        if cseq is None:
+            raise ValueError("a message without CSeq belongs to no transaction")
+        return cls("client", cseq.method, branch=message.branch or "")
+
+    @classmethod
+    def for_server(cls, request: Request) -> TransactionKey:
+        """The server transaction ``request`` starts or belongs to (§17.2.3).
+
+        An ACK maps to its INVITE's transaction; a CANCEL has its own (see
+        :meth:`cancelled_by` for the INVITE it cancels).
+        """
+        method = "INVITE" if request.method == "ACK" else request.method
+        via_seeds = request.headers._seeds.get("via")
+        if not via_seeds:
+            raise ValueError("a request without Via belongs to no transaction")
+        branch = request.branch
+        if is_rfc3261_branch(branch):
+            top_via = via_seeds[0]  # groups: protocol, version, transport, host, port, params
+            port = top_via[5] or default_port(top_via[3])
+            return cls("server", method, branch=branch or "", sent_by=f"{top_via[4].lower()}:{port}")
+        return cls("server", method, legacy=_rfc2543_digest(request))
+
+    @classmethod
+    def cancelled_by(cls, cancel: Request) -> TransactionKey:
+        """The INVITE server transaction a CANCEL targets (RFC 3261 §9.2)."""
+        if cancel.method != "CANCEL":
+            raise ValueError(f"{cancel.method} is not a CANCEL")
+        return replace(cls.for_server(cancel), method="INVITE")
+
+
+def _rfc2543_digest(request: Request) -> str:
+    """RFC 3261 §17.2.3's fallback: Request-URI, From tag, Call-ID, CSeq number, top Via.
+
+    The To tag is left out: an ACK carries the tag of the response, which the
+    transaction checks itself.
+    """
+    cseq = request.cseq
+    via_seeds = request.headers._seeds.get("via") or []
+    top_via = via_seeds[0][0] if via_seeds else ""
+    parts = (
+        request.uri,
+        request.from_tag or "",
+        request.call_id or "",
+        str(cseq.number if cseq else ""),
+        top_via,
+    )
+    return hashlib.sha1(
+        "\x00".join(parts).encode("utf-8", "surrogateescape"), usedforsecurity=False
+    ).hexdigest()[:32]

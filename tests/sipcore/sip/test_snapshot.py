@@ -1,0 +1,269 @@
+"""Snapshots: plain, versioned, restorable anywhere; each invalid one refused by name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from sipcore.sip import (
+    SCHEMA_VERSION,
+    InvalidSnapshotError,
+    InviteServerTransaction,
+    TransactionSnapshot,
+    TransactionState,
+    TransportInfo,
+    restore_transaction,
+)
+from sipcore.sip.snapshot import MIGRATIONS
+from tests.sipcore.sip.support import TCP, UDP, Recorder, ack_for, first_line, request, response
+from tests.sipcore.sip.test_transaction_fsm import PATHS, reach
+
+
+def round_trip(tx):
+    return restore_transaction(TransactionSnapshot.from_json(tx.snapshot().to_json()))
+
+
+@pytest.mark.parametrize(("kind", "state"), sorted(PATHS), ids=["-".join(k) for k in sorted(PATHS)])
+def test_restore_in_every_reachable_state(kind, state):
+    tx = reach(kind, state)
+    snapshot = tx.snapshot()
+    restored = restore_transaction(TransactionSnapshot.from_json(snapshot.to_json()))
+    assert type(restored) is type(tx)
+    assert (restored.state, restored.key, restored.version) == (tx.state, tx.key, tx.version)
+    assert restored.request == tx.request
+    assert restored.last_response == tx.last_response
+    assert restored.timers == tx.timers
+    assert (restored.created_at, restored.updated_at) == (tx.created_at, tx.updated_at)
+    assert restored.drain_outgoing() == []  # nothing is sent on restore
+    assert restored.snapshot() == snapshot
+
+
+def test_snapshot_holds_every_fact_and_shares_nothing_mutable():
+    tx = InviteServerTransaction(request(), UDP, now=100.0)
+    tx.send_response(response(tx.request, 486), now=100.5)
+    snapshot = tx.snapshot()
+    assert snapshot.schema_version == SCHEMA_VERSION
+    assert (snapshot.kind, snapshot.state, snapshot.key) == ("invite_server", "Completed", str(tx.key))
+    assert snapshot.timers == (("G", 101.0, 0.5), ("H", 132.5, 32.0))
+    assert snapshot.transport == UDP
+    assert (snapshot.created_at, snapshot.updated_at) == (100.0, 100.5)
+    assert isinstance(snapshot.request, bytes)
+    assert isinstance(snapshot.last_response, bytes)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.state = "Terminated"  # type: ignore[misc]
+    # The live transaction moves on; the snapshot does not.
+    tx.request.headers.add("X-Later", "1")
+    tx.handle_timer(101.0)
+    assert snapshot.timers == (("G", 101.0, 0.5), ("H", 132.5, 32.0))
+    assert b"X-Later" not in snapshot.request
+    assert tx.snapshot().version == snapshot.version + 1
+
+
+TYPICAL_EXTRA = (
+    "Via: SIP/2.0/UDP 192.0.2.101:5060;received=192.0.2.101;branch=z9hG4bK74bf9a3c\r\n"
+    "Record-Route: <sip:proxy1.atlanta.example.com;lr>\r\n"
+    "Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY, INFO\r\n"
+    "Supported: replaces, timer\r\n"
+    "User-Agent: PolycomVVX-VVX_411-UA/5.9.5.0614\r\n"
+)
+
+
+def test_completed_invite_server_snapshot_is_under_1_5_kb():
+    tx = InviteServerTransaction(request(extra=TYPICAL_EXTRA), UDP, now=1.8e9)
+    sdp = (b"v=0\r\no=alice 2890844526 2890844526 IN IP4 192.0.2.101\r\ns=-\r\nc=IN IP4 192.0.2.101\r\nt=0 0\r\n"
+           b"m=audio 49170 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+           b"a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n")  # fmt: skip
+    invite = tx.request
+    invite.set_body(sdp, "application/sdp")
+    assert 800 < len(bytes(invite)) < 1000  # a typical INVITE with SDP
+    tx = InviteServerTransaction(invite, UDP, now=1.8e9)
+    tx.send_response(response(invite, 486), now=1.8e9 + 0.4)
+    data = tx.snapshot().to_json()
+    assert len(data) <= 1500, len(data)
+    assert restore_transaction(TransactionSnapshot.from_json(data)).last_response == tx.last_response
+
+
+def test_binary_body_survives_json():
+    invite = request()
+    invite.set_body(b"\x00\xff\xfe binary", "application/octet-stream")
+    tx = InviteServerTransaction(invite, UDP, now=0.0)
+    assert round_trip(tx).request.body == b"\x00\xff\xfe binary"
+
+
+def test_a_timer_that_expired_while_stored_fires_once_and_rearms_from_now():
+    tx = InviteServerTransaction(request(), UDP, now=0.0)
+    tx.send_response(response(tx.request, 486), now=0.0)
+    tx.drain_outgoing()
+    stored = tx.snapshot().to_json()  # G due at 0.5, H at 32
+
+    restored = restore_transaction(TransactionSnapshot.from_json(stored))
+    restored.handle_timer(10.0)  # G fell due at 0.5 while stored
+    assert [first_line(o.message) for o in restored.drain_outgoing()] == [
+        "SIP/2.0 486 Busy Here"
+    ]  # once, no burst
+    assert restored.timers["G"].deadline == 11.0  # re-armed from now with the doubled interval
+    assert restored.timers["H"].deadline == 32.0  # not due: untouched
+    restored.handle_timer(10.0)
+    assert restored.drain_outgoing() == []  # a fired timer cannot fire again
+
+    late = restore_transaction(TransactionSnapshot.from_json(stored))
+    events = Recorder().attach(late)
+    late.handle_timer(60.0)  # G and H both fell due: in deadline order, each once
+    assert [first_line(o.message) for o in late.drain_outgoing()] == ["SIP/2.0 486 Busy Here"]
+    assert events.events == [
+        ("error", "timeout", "Timer H: no ACK for the final response"),
+        ("state", "Completed", "Terminated"),
+    ]
+    assert late.terminated
+
+
+def test_restored_server_absorbs_a_retransmitted_invite_and_takes_the_ack():
+    tx = InviteServerTransaction(request(), UDP, now=0.0)
+    final = response(tx.request, 603)
+    tx.send_response(final, now=0.1)
+    restored = round_trip(tx)
+    events = Recorder().attach(restored)
+    restored.receive(request(), now=0.6)  # the INVITE again: the 603 again
+    assert [o.message.status_code for o in restored.drain_outgoing()] == [603]
+    restored.receive(ack_for(restored.request, final), now=0.7)
+    assert restored.state is TransactionState.CONFIRMED
+    assert events.events[0] == ("ack", "ACK", 1)
+
+
+def test_restore_onto_another_node_uses_the_new_transport():
+    tx = InviteServerTransaction(request(), TCP, now=0.0)
+    tx.send_response(response(tx.request, 180), now=0.1)
+    other_node = TransportInfo("TCP", True, ("198.51.100.7", 5060), ("192.0.2.2", 40001))
+    restored = restore_transaction(tx.snapshot(), transport=other_node)
+    restored.receive(request(transport="TCP"), now=0.5)
+    (out,) = restored.drain_outgoing()
+    assert out.destination == ("192.0.2.2", 40001)
+    assert restored.transport == other_node
+    with pytest.raises(InvalidSnapshotError, match="as reliable"):
+        restore_transaction(tx.snapshot(), transport=UDP)
+
+
+# --- every invalid-snapshot error, by name ---
+
+
+def _document(tx=None) -> dict:
+    if tx is None:
+        tx = InviteServerTransaction(request(), UDP, now=0.0)
+        tx.send_response(response(tx.request, 486), now=0.1)
+    return orjson.loads(tx.snapshot().to_json())
+
+
+def _load(document: dict) -> None:
+    restore_transaction(TransactionSnapshot.from_json(orjson.dumps(document)))
+
+
+def _edit(**changes):
+    def edit(document: dict) -> dict:
+        document.update(changes)
+        return document
+
+    return edit
+
+
+INVALID = [
+    ("not json", lambda d: b"{nope", "not JSON"),
+    ("a list", lambda d: [1, 2], "JSON list, not an object"),
+    ("no schema", lambda d: {k: v for k, v in d.items() if k != "schema"}, "no schema version"),
+    ("newer schema", _edit(schema=SCHEMA_VERSION + 1), "newer than this code"),
+    ("unknown old schema", _edit(schema=0), "no migration from snapshot schema version 0"),
+    ("unknown kind", _edit(kind="proxy"), "unknown transaction kind 'proxy'"),
+    ("unknown state", _edit(state="Ringing"), "unknown state 'Ringing'"),
+    (
+        "state of another machine",
+        _edit(state="Calling"),
+        "state Calling is not a state of InviteServerTransaction",
+    ),
+    (
+        "method of another machine",
+        _edit(kind="non_invite_server", state="Completed"),
+        "request method does not fit",
+    ),
+    (
+        "key of another request",
+        _edit(key="s|z9hG4bKother|pc33.atlanta.example.com:5060|INVITE"),
+        "does not match the request's key",
+    ),
+    ("unparseable request", _edit(request="INVITE nonsense", response=None), "stored request does not parse"),
+    (
+        "response for another request",
+        lambda d: {
+            **d,
+            "response": {
+                "lines": ["SIP/2.0 486 Busy Here", 1, 3, 4, "Call-ID: other@x", 6, "Content-Length: 0"]
+            },
+        },
+        "Call-ID differ",
+    ),
+    (
+        "response line out of range",
+        lambda d: {**d, "response": {"lines": ["SIP/2.0 486 Busy Here", 99]}},
+        "request line 99",
+    ),
+    ("completed without response", _edit(response=None), "needs the last response"),
+    ("missing timer H", lambda d: {**d, "timers": {"G": d["timers"]["G"]}}, "needs timer H"),
+    (
+        "timer of another state",
+        lambda d: {**d, "timers": {**d["timers"], "L": [40.0, 32.0]}},
+        "timer L cannot run in state Completed",
+    ),
+    ("malformed timers", _edit(timers={"G": "soon"}), "malformed"),
+    ("bad transport", _edit(transport=["UDP", True, ["a", 1], ["b", 2]]), "malformed"),
+    ("missing field", lambda d: {k: v for k, v in d.items() if k != "key"}, "malformed: KeyError"),
+    ("bad timings", _edit(timings={"t1": -1}), "malformed"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), [(e, m) for _, e, m in INVALID], ids=[n for n, _, _ in INVALID])
+def test_each_invalid_snapshot_is_refused_with_a_clear_message(edit, message):
+    document = edit(_document())
+    load = TransactionSnapshot.from_json if isinstance(document, bytes) else _load
+    with pytest.raises(InvalidSnapshotError, match=message) as caught:
+        load(document)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_reliable_completed_invite_client_is_not_a_real_state():
+    tx = reach("invite_client", "Completed")  # on UDP
+    document = _document(tx)
+    document["transport"] = ["TCP", True, ["192.0.2.1", 5060], ["192.0.2.2", 5062]]
+    document["timers"] = {}
+    with pytest.raises(InvalidSnapshotError, match="needs timer D"):
+        _load(document)
+
+
+def test_version_1_snapshots_are_migrated():
+    tx = InviteServerTransaction(request(), UDP, now=0.0)
+    tx.send_response(response(tx.request, 486), now=0.1)
+    current = _document(tx)
+    v1 = {k: v for k, v in current.items() if k != "version"}
+    v1["schema"] = 1
+    v1["response"] = bytes(tx.last_response).decode()  # v1 stored the response in full
+    assert set(MIGRATIONS) == {1}
+    restored = restore_transaction(TransactionSnapshot.from_json(orjson.dumps(v1)))
+    assert restored.last_response == tx.last_response
+    assert restored.version == 0
+    assert restored.snapshot().schema_version == SCHEMA_VERSION
+
+
+def test_class_restore_checks_the_kind():
+    tx = reach("invite_server", "Completed")
+    snapshot = tx.snapshot()
+    assert InviteServerTransaction.restore(snapshot).state is TransactionState.COMPLETED
+    from sipcore.sip import NonInviteServerTransaction
+
+    with pytest.raises(InvalidSnapshotError, match="cannot restore a NonInviteServerTransaction"):
+        NonInviteServerTransaction.restore(snapshot)
+
+
+def test_handle_timer_before_any_deadline_does_nothing():
+    tx = reach("invite_server", "Completed")
+    version = tx.version
+    tx.handle_timer(tx.next_deadline() - 0.001)
+    assert (tx.version, tx.drain_outgoing(), tx.state) == (version, [], TransactionState.COMPLETED)

@@ -1,0 +1,371 @@
+"""Every state x input of each machine, against an expectation written out here.
+
+An outcome is (state after, what was sent, callbacks) or ``INVALID`` (the state
+does not accept the input: InvalidTransitionError naming both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from sipcore.sip import (
+    InvalidTransitionError,
+    Transaction,
+    TransactionMismatchError,
+    TransactionState,
+)
+from tests.sipcore.sip.support import UDP, Recorder, ack_for, first_line, new_transaction, request, response
+
+INVALID = "invalid"
+S = TransactionState
+
+
+def _fire(name: str) -> Callable[[Transaction], None]:
+    def fire(tx: Transaction) -> None:
+        tx.handle_timer(tx.timers[name].deadline)
+
+    return fire
+
+
+def _net(status: int) -> Callable[[Transaction], None]:
+    return lambda tx: tx.receive(response(tx.request, status), now=tx.updated_at + 0.01)
+
+
+def _tu(status: int) -> Callable[[Transaction], None]:
+    return lambda tx: tx.send_response(response(tx.request, status), now=tx.updated_at + 0.01)  # type: ignore[attr-defined]
+
+
+def _retransmitted_request(tx: Transaction) -> None:
+    tx.receive(request(tx.request.method), now=tx.updated_at + 0.01)
+
+
+def _ack(tx: Transaction) -> None:
+    final = (
+        tx.last_response
+        if tx.last_response is not None and tx.last_response.status_code >= 300
+        else response(tx.request, 486)
+    )
+    tx.receive(ack_for(tx.request, final), now=tx.updated_at + 0.01)
+
+
+INPUTS: dict[str, Callable[[Transaction], None]] = {
+    "1xx": _net(180),
+    "2xx": _net(200),
+    "3xx-6xx": _net(486),
+    "tu 1xx": _tu(180),
+    "tu 2xx": _tu(200),
+    "tu 3xx-6xx": _tu(486),
+    "request": _retransmitted_request,
+    "ack": _ack,
+    "transport error": lambda tx: tx.transport_error(tx.updated_at + 0.01, "ICMP port unreachable"),
+    "terminate": lambda tx: tx.terminate(tx.updated_at + 0.01),
+    **{
+        f"timer {name}": _fire(name)
+        for name in ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "100")
+    },
+}
+
+# How to reach each state from a new transaction (UDP).
+PATHS: dict[tuple[str, str], list[str]] = {
+    ("invite_client", "Calling"): [],
+    ("invite_client", "Proceeding"): ["1xx"],
+    ("invite_client", "Completed"): ["3xx-6xx"],
+    ("invite_client", "Accepted"): ["2xx"],
+    ("invite_client", "Terminated"): ["timer B"],
+    ("non_invite_client", "Trying"): [],
+    ("non_invite_client", "Proceeding"): ["1xx"],
+    ("non_invite_client", "Completed"): ["2xx"],
+    ("non_invite_client", "Terminated"): ["timer F"],
+    ("invite_server", "Proceeding"): [],
+    ("invite_server", "Proceeding/answered"): ["tu 1xx"],
+    ("invite_server", "Completed"): ["tu 3xx-6xx"],
+    ("invite_server", "Confirmed"): ["tu 3xx-6xx", "ack"],
+    ("invite_server", "Accepted"): ["tu 2xx"],
+    ("invite_server", "Terminated"): ["tu 2xx", "timer L"],
+    ("non_invite_server", "Trying"): [],
+    ("non_invite_server", "Proceeding"): ["tu 1xx"],
+    ("non_invite_server", "Completed"): ["tu 3xx-6xx"],
+    ("non_invite_server", "Terminated"): ["tu 3xx-6xx", "timer J"],
+}
+
+INVITE_LINE = "INVITE sip:bob@biloxi.example.com SIP/2.0"
+OPTIONS_LINE = "OPTIONS sip:bob@biloxi.example.com SIP/2.0"
+ACK_LINE = "ACK sip:bob@biloxi.example.com SIP/2.0"
+R100, R180, R200, R486 = (
+    "SIP/2.0 100 Trying",
+    "SIP/2.0 180 Ringing",
+    "SIP/2.0 200 OK",
+    "SIP/2.0 486 Busy Here",
+)
+TERM = "Terminated"
+ERR_T = ("error", "transport", "ICMP port unreachable")
+
+# (kind, state) -> input -> (state after, sent, callbacks). Inputs not listed: INVALID.
+# Server transactions have no way to take network responses or TU answers on a
+# client; those are mismatches, tested separately below.
+EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] = {
+    ("invite_client", "Calling"): {
+        "1xx": ("Proceeding", [], [("state", "Calling", "Proceeding"), ("response", 180)]),
+        "2xx": ("Accepted", [], [("state", "Calling", "Accepted"), ("response", 200)]),
+        "3xx-6xx": ("Completed", [ACK_LINE], [("response", 486), ("state", "Calling", "Completed")]),
+        "timer A": ("Calling", [INVITE_LINE], []),
+        "timer B": (
+            TERM,
+            [],
+            [("error", "timeout", "Timer B: no response to the INVITE"), ("state", "Calling", TERM)],
+        ),
+        "transport error": (TERM, [], [ERR_T, ("state", "Calling", TERM)]),
+        "terminate": (TERM, [], [("state", "Calling", TERM)]),
+    },
+    ("invite_client", "Proceeding"): {
+        "1xx": ("Proceeding", [], [("response", 180)]),
+        "2xx": ("Accepted", [], [("state", "Proceeding", "Accepted"), ("response", 200)]),
+        "3xx-6xx": ("Completed", [ACK_LINE], [("response", 486), ("state", "Proceeding", "Completed")]),
+        "timer C": (
+            TERM,
+            [],
+            [
+                ("error", "timeout", "Proceeding guard: no final response (send CANCEL)"),
+                ("state", "Proceeding", TERM),
+            ],
+        ),
+        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
+    },
+    ("invite_client", "Completed"): {
+        "3xx-6xx": ("Completed", [ACK_LINE], []),  # absorbed: ACKed again, not passed up
+        "timer D": (TERM, [], [("state", "Completed", TERM)]),
+        "transport error": (TERM, [], [ERR_T, ("state", "Completed", TERM)]),
+        "terminate": (TERM, [], [("state", "Completed", TERM)]),
+    },
+    ("invite_client", "Accepted"): {
+        "2xx": ("Accepted", [], [("response", 200)]),  # RFC 6026: each 2xx to the TU
+        "timer M": (TERM, [], [("state", "Accepted", TERM)]),
+        "terminate": (TERM, [], [("state", "Accepted", TERM)]),
+    },
+    ("invite_client", "Terminated"): {"terminate": (TERM, [], [])},
+    ("non_invite_client", "Trying"): {
+        "1xx": ("Proceeding", [], [("state", "Trying", "Proceeding"), ("response", 180)]),
+        "2xx": ("Completed", [], [("response", 200), ("state", "Trying", "Completed")]),
+        "3xx-6xx": ("Completed", [], [("response", 486), ("state", "Trying", "Completed")]),
+        "timer E": ("Trying", [OPTIONS_LINE], []),
+        "timer F": (
+            TERM,
+            [],
+            [("error", "timeout", "Timer F: no final response"), ("state", "Trying", TERM)],
+        ),
+        "transport error": (TERM, [], [ERR_T, ("state", "Trying", TERM)]),
+        "terminate": (TERM, [], [("state", "Trying", TERM)]),
+    },
+    ("non_invite_client", "Proceeding"): {
+        "1xx": ("Proceeding", [], [("response", 180)]),
+        "2xx": ("Completed", [], [("response", 200), ("state", "Proceeding", "Completed")]),
+        "3xx-6xx": ("Completed", [], [("response", 486), ("state", "Proceeding", "Completed")]),
+        "timer E": ("Proceeding", [OPTIONS_LINE], []),
+        "timer F": (
+            TERM,
+            [],
+            [("error", "timeout", "Timer F: no final response"), ("state", "Proceeding", TERM)],
+        ),
+        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
+    },
+    ("non_invite_client", "Completed"): {
+        # Retransmitted responses are absorbed (gosip passes them up again).
+        "1xx": ("Completed", [], []),
+        "2xx": ("Completed", [], []),
+        "3xx-6xx": ("Completed", [], []),
+        "timer K": (TERM, [], [("state", "Completed", TERM)]),
+        "terminate": (TERM, [], [("state", "Completed", TERM)]),
+    },
+    ("non_invite_client", "Terminated"): {"terminate": (TERM, [], [])},
+    ("invite_server", "Proceeding"): {
+        "tu 1xx": ("Proceeding", [R180], []),
+        "tu 2xx": ("Accepted", [R200], [("state", "Proceeding", "Accepted")]),
+        "tu 3xx-6xx": ("Completed", [R486], [("state", "Proceeding", "Completed")]),
+        "request": ("Proceeding", [], []),  # nothing sent yet: nothing to repeat
+        "timer 100": ("Proceeding", [R100], []),
+        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
+    },
+    ("invite_server", "Proceeding/answered"): {
+        "tu 1xx": ("Proceeding", [R180], []),
+        "tu 2xx": ("Accepted", [R200], [("state", "Proceeding", "Accepted")]),
+        "tu 3xx-6xx": ("Completed", [R486], [("state", "Proceeding", "Completed")]),
+        "request": ("Proceeding", [R180], []),  # the last provisional again
+        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
+    },
+    ("invite_server", "Completed"): {
+        "request": ("Completed", [R486], []),
+        "ack": ("Confirmed", [], [("ack", "ACK", 1), ("state", "Completed", "Confirmed")]),
+        "timer G": ("Completed", [R486], []),
+        "timer H": (
+            TERM,
+            [],
+            [("error", "timeout", "Timer H: no ACK for the final response"), ("state", "Completed", TERM)],
+        ),
+        "transport error": (TERM, [], [ERR_T, ("state", "Completed", TERM)]),
+        "terminate": (TERM, [], [("state", "Completed", TERM)]),
+    },
+    ("invite_server", "Confirmed"): {
+        "request": ("Confirmed", [], []),
+        "ack": ("Confirmed", [], []),
+        "timer I": (TERM, [], [("state", "Confirmed", TERM)]),
+        "terminate": (TERM, [], [("state", "Confirmed", TERM)]),
+    },
+    ("invite_server", "Accepted"): {
+        "request": ("Accepted", [], []),  # RFC 6026: absorbed
+        "tu 2xx": ("Accepted", [R200], []),  # the TU's 2xx retransmission goes out
+        "ack": ("Accepted", [], [("ack", "ACK", 1)]),
+        "timer L": (TERM, [], [("state", "Accepted", TERM)]),
+        "transport error": (TERM, [], [ERR_T, ("state", "Accepted", TERM)]),
+        "terminate": (TERM, [], [("state", "Accepted", TERM)]),
+    },
+    ("invite_server", "Terminated"): {"terminate": (TERM, [], [])},
+    ("non_invite_server", "Trying"): {
+        "tu 1xx": ("Proceeding", [R180], [("state", "Trying", "Proceeding")]),
+        "tu 2xx": ("Completed", [R200], [("state", "Trying", "Completed")]),
+        "tu 3xx-6xx": ("Completed", [R486], [("state", "Trying", "Completed")]),
+        "request": ("Trying", [], []),
+        "transport error": (TERM, [], [ERR_T, ("state", "Trying", TERM)]),
+        "terminate": (TERM, [], [("state", "Trying", TERM)]),
+    },
+    ("non_invite_server", "Proceeding"): {
+        "tu 1xx": ("Proceeding", [R180], []),
+        "tu 2xx": ("Completed", [R200], [("state", "Proceeding", "Completed")]),
+        "tu 3xx-6xx": ("Completed", [R486], [("state", "Proceeding", "Completed")]),
+        "request": ("Proceeding", [R180], []),
+        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
+    },
+    ("non_invite_server", "Completed"): {
+        "request": ("Completed", [R486], []),
+        "tu 2xx": ("Completed", [], []),  # §17.2.2: later finals are discarded
+        "tu 3xx-6xx": ("Completed", [], []),
+        "timer J": (TERM, [], [("state", "Completed", TERM)]),
+        "transport error": (TERM, [], [ERR_T, ("state", "Completed", TERM)]),
+        "terminate": (TERM, [], [("state", "Completed", TERM)]),
+    },
+    ("non_invite_server", "Terminated"): {"terminate": (TERM, [], [])},
+}
+
+CLIENT_INPUTS = ["1xx", "2xx", "3xx-6xx", "transport error", "terminate"] + [f"timer {n}" for n in "ABCDEFKM"]
+SERVER_INPUTS = ["tu 1xx", "tu 2xx", "tu 3xx-6xx", "request", "ack", "transport error", "terminate"] + [
+    f"timer {n}" for n in ("G", "H", "I", "J", "L", "100")
+]
+
+
+def reach(kind: str, state: str) -> Transaction:
+    tx = new_transaction(kind, UDP)
+    for step in PATHS[(kind, state)]:
+        INPUTS[step](tx)
+    tx.drain_outgoing()
+    assert tx.state.value == state.split("/", maxsplit=1)[0]
+    return tx
+
+
+CASES = [
+    (kind, state, event)
+    for (kind, state) in PATHS
+    for event in (CLIENT_INPUTS if kind.endswith("client") else SERVER_INPUTS)
+    if not (event.startswith("ack") and kind == "non_invite_server")
+]
+
+
+@pytest.mark.parametrize(("kind", "state", "event"), CASES, ids=[f"{k}-{s}-{e}" for k, s, e in CASES])
+def test_every_state_and_input(kind, state, event):
+    tx = reach(kind, state)
+    recorder = Recorder().attach(tx)
+    expected = EXPECTED[(kind, state)].get(event, INVALID)
+    if event.startswith("timer ") and event[6:] not in tx.timers:
+        # A timer that is not running cannot fire; check the expectation agrees.
+        assert expected == INVALID, f"{event} should be running in {state}"
+        tx.handle_timer(tx.updated_at + 1000 if tx.terminated else (tx.next_deadline() or 0) - 1e-9)
+        return
+    if event.startswith("timer "):
+        # Let the clock reach the timer: earlier ones (A before B, say) fire first.
+        while (deadline := tx.next_deadline()) is not None and deadline < tx.timers[event[6:]].deadline:
+            tx.handle_timer(deadline)
+        tx.drain_outgoing()
+        recorder.events.clear()
+    version = tx.version
+    if expected == INVALID:
+        with pytest.raises(InvalidTransitionError) as caught:
+            INPUTS[event](tx)
+        assert state.split("/")[0] in str(caught.value)
+        assert caught.value.state == state.split("/")[0]
+        assert tx.version == version  # nothing changed
+        assert tx.drain_outgoing() == []
+        return
+    new_state, sent, callbacks = expected
+    INPUTS[event](tx)
+    assert tx.state.value == new_state
+    assert [first_line(out.message) for out in tx.drain_outgoing()] == sent
+    assert recorder.events == callbacks
+    if callbacks or sent or new_state != state.split("/")[0]:
+        assert tx.version > version
+
+
+def test_expectations_name_only_real_inputs_and_states():
+    for (kind, state), by_event in EXPECTED.items():
+        assert (kind, state) in PATHS
+        assert set(by_event) <= set(INPUTS)
+
+
+# --- messages that do not belong to the transaction ---
+
+
+def test_client_refuses_responses_of_another_transaction_and_requests():
+    tx = new_transaction("invite_client", UDP)
+    other = request("INVITE", branch="z9hG4bKother")
+    with pytest.raises(TransactionMismatchError, match="does not match"):
+        tx.receive(response(other, 180), now=1)
+    wrong_method = request("INVITE")
+    wrong_method.headers.set("CSeq", "1 CANCEL")
+    with pytest.raises(TransactionMismatchError):
+        tx.receive(response(request("CANCEL"), 200), now=1)
+    with pytest.raises(TransactionMismatchError, match="receives responses"):
+        tx.receive(request("INVITE"), now=1)
+    assert tx.state is S.CALLING
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "problem"),
+    [
+        ("Via", "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKother", "top Via"),
+        ("Call-ID", "other@atlanta.example.com", "Call-ID"),
+        ("From", "Alice <sip:alice@atlanta.example.com>;tag=other", "From"),
+        ("To", "Carol <sip:carol@biloxi.example.com>;tag=1", "To"),
+        ("CSeq", "2 INVITE", "CSeq"),
+    ],
+)
+def test_server_refuses_a_tu_response_that_does_not_belong(header, value, problem):
+    tx = new_transaction("invite_server", UDP)
+    bad = response(tx.request, 486)
+    bad.headers.set(header, value)
+    with pytest.raises(TransactionMismatchError, match=problem):
+        tx.send_response(bad, now=0.1)
+    assert isinstance(TransactionMismatchError("x"), ValueError)
+    assert tx.state is S.PROCEEDING
+    assert tx.drain_outgoing() == []
+
+
+def test_server_refuses_requests_of_another_transaction_and_responses():
+    tx = new_transaction("invite_server", UDP)
+    with pytest.raises(TransactionMismatchError):
+        tx.receive(request("INVITE", branch="z9hG4bKother"), now=0.1)
+    with pytest.raises(TransactionMismatchError, match="receives requests"):
+        tx.receive(response(tx.request, 200), now=0.1)
+
+
+def test_callbacks_registered_late_and_several_of_them_all_fire():
+    tx = new_transaction("invite_client", UDP)
+    seen: list[str] = []
+    tx.on_response(lambda t, r: seen.append(f"first {r.status_code}"))
+    tx.receive(response(tx.request, 180), now=0.1)
+    tx.on_response(lambda t, r: seen.append(f"second {r.status_code}"))
+    tx.receive(response(tx.request, 183), now=0.2)
+    assert seen == ["first 180", "first 183", "second 183"]
