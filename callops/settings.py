@@ -119,6 +119,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "SIP transactions and IVR calls: list, inspect, snapshot, restore, migrate.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"],  # like the API it describes
 }
 
 # --- Celery -----------------------------------------------------------------

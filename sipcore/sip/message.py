@@ -51,10 +51,6 @@ _UNFOLD_RE: Final = re.compile(r"[ \t]*\r\n[ \t]+")
 # Reason-Phrase: any UTF-8 text, SP and HTAB; no other control characters.
 _BAD_REASON_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
-# Exact spellings seen on the wire -> lookup key, so the common case skips the
-# token check and the lower-casing.
-
-
 def _header_entry(key: str) -> tuple[str, Any, Any, bool]:
     """(lookup key, fast matcher or None, check or None, may repeat) for a lookup key."""
     rule = HEADER_RULES.get(key)
@@ -228,9 +224,11 @@ class Message:
         seeds = self.headers._seeds.get("via")
         if not seeds:
             return None
-        return _param_of(seeds[0][6], ";branch=", "branch") or (
-            self.top_via.branch if "branch" in seeds[0][6].lower() else None  # type: ignore[union-attr]
-        )
+        params = seeds[0][6]
+        branch = _param_of(params, ";branch=")
+        if branch is not None or "branch" not in params.lower():
+            return branch
+        return via_of(seeds[0]).branch  # spelled with spaces or in another case: parse it
 
     @property
     def sent_by(self) -> tuple[str, int | None] | None:
@@ -332,9 +330,9 @@ class Message:
         self.headers.set("Content-Length", str(len(self.body)))
 
 
-def _param_of(params: str, marker: str, name: str) -> str | None:
-    """Parameter ``name`` read straight off a checked ``;a=b;c`` string when it is plain:
-    one ``;name=`` and no quotes. None when it is absent or not plain (then parse)."""
+def _param_of(params: str, marker: str) -> str | None:
+    """A parameter read straight off a checked ``;a=b;c`` string when it is plain:
+    ``marker`` (``;name=``) once, no quotes. None when absent or not plain (then parse)."""
     if '"' in params:
         return None
     lowered = params.lower()
@@ -354,7 +352,7 @@ def _tag(headers: Headers, key: str) -> str | None:
     m = headers._seeds.get(key)
     if m is None:
         return None
-    tag = _param_of(m[4], ";tag=", "tag")
+    tag = _param_of(m[4], ";tag=")
     if tag is not None or "tag" not in m[4].lower():
         return tag
     return headers.typed(key).tag  # type: ignore[no-any-return]

@@ -56,3 +56,11 @@ def test_json_log_line_carries_request_and_task_ids():
         assert _format("in a task")["task_id"] == "task-9"
     finally:
         task_id_var.reset(token)
+
+
+@pytest.mark.django_db
+def test_openapi_schema_is_served_to_staff(admin_client, client):
+    response = admin_client.get("/api/schema/")
+    assert response.status_code == 200
+    assert b"openapi:" in response.content
+    assert client.get("/api/schema/").status_code in (401, 403)  # not to strangers
