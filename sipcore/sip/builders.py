@@ -97,6 +97,25 @@ def make_response(
                     response_headers, body)  # fmt: skip
 
 
+def _in_transaction(original: Request, method: str, to: str) -> Request:
+    """A request sharing ``original``'s transaction: its top Via, From, Call-ID, CSeq
+    number and Route set, with ``method`` and the given To."""
+    cseq = original.cseq
+    if cseq is None:
+        raise ValueError("the request has no CSeq header")
+    headers = Headers()
+    headers.add("Via", _top_via(original))
+    headers.add("Max-Forwards", "70")
+    headers.add("From", _required(original, "From"))
+    headers.add("To", to)
+    headers.add("Call-ID", _required(original, "Call-ID"))
+    headers.add("CSeq", f"{cseq.number} {method}")
+    for route in original.headers.get_all("Route"):
+        headers.add("Route", route)
+    headers.add("Content-Length", "0")
+    return Request(method, original.uri, headers)
+
+
 def make_ack(invite: Request, response: Response) -> Request:
     """The ACK a client transaction sends for a non-2xx final response (RFC 3261 §17.1.1.3).
 
@@ -108,19 +127,7 @@ def make_ack(invite: Request, response: Response) -> Request:
         raise ValueError(f"an ACK answers an INVITE, not {invite.method}")
     if response.status_code < 300:
         raise ValueError("the ACK for a 2xx response belongs to the dialog (RFC 3261 §13.2.2.4), not here")
-    cseq = invite.cseq
-    assert cseq is not None
-    headers = Headers()
-    headers.add("Via", _top_via(invite))
-    headers.add("Max-Forwards", "70")
-    headers.add("From", _required(invite, "From"))
-    headers.add("To", response.headers.get("To") or _required(invite, "To"))
-    headers.add("Call-ID", _required(invite, "Call-ID"))
-    headers.add("CSeq", f"{cseq.number} ACK")
-    for route in invite.headers.get_all("Route"):
-        headers.add("Route", route)
-    headers.add("Content-Length", "0")
-    return Request("ACK", invite.uri, headers)
+    return _in_transaction(invite, "ACK", response.headers.get("To") or _required(invite, "To"))
 
 
 def make_cancel(request: Request) -> Request:
@@ -128,16 +135,4 @@ def make_cancel(request: Request) -> Request:
     From, CSeq number and top Via; method CANCEL; the request's Route headers."""
     if request.method in ("ACK", "CANCEL"):
         raise ValueError(f"{request.method} cannot be cancelled (RFC 3261 §9.1)")
-    cseq = request.cseq
-    assert cseq is not None
-    headers = Headers()
-    headers.add("Via", _top_via(request))
-    headers.add("Max-Forwards", "70")
-    headers.add("From", _required(request, "From"))
-    headers.add("To", _required(request, "To"))
-    headers.add("Call-ID", _required(request, "Call-ID"))
-    headers.add("CSeq", f"{cseq.number} CANCEL")
-    for route in request.headers.get_all("Route"):
-        headers.add("Route", route)
-    headers.add("Content-Length", "0")
-    return Request("CANCEL", request.uri, headers)
+    return _in_transaction(request, "CANCEL", _required(request, "To"))

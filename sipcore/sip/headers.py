@@ -207,30 +207,37 @@ class MediaType(NamedTuple):
 # seed, or ParseError naming the header) and typed on first use (build: seeds -> value).
 
 
+def _match_list(value: str, match_item: Callable[[str, int], re.Match[str] | None], header: str,
+                what: str) -> list[re.Match[str]]:  # fmt: skip
+    """item *(COMMA item) -> one match per item, or ParseError naming the header."""
+    found = []
+    pos, end = 0, len(value)
+    while True:
+        m = match_item(value, pos)
+        if m is None:
+            raise ParseError(f"{header}: cannot parse {value[pos : pos + 80]!r} as {what}")
+        found.append(m)
+        pos = m.end()
+        if pos == end:
+            return found
+        comma = COMMA_RE.match(value, pos)
+        if comma is None:
+            raise ParseError(f"{header}: unexpected {value[pos : pos + 80]!r}")
+        pos = comma.end()
+
+
 def check_via(value: str) -> list[re.Match[str]]:
     """via-parm *(COMMA via-parm) -> one match per via-parm."""
     m = _fast_via(value)
     if m is not None:
         return [m]
-    found = []
-    pos, end = 0, len(value)
-    match_via, match_comma = VIA_PARM_RE.match, COMMA_RE.match
-    while True:
-        m = match_via(value, pos)
-        if m is None:
-            raise ParseError(f"Via: cannot parse {value[pos:]!r}")
+    found = _match_list(value, VIA_PARM_RE.match, "Via", "a via-parm")
+    for m in found:
         if m[4][0] == "[":
             check_host(m[4], "Via")
         if m[5] is not None and int(m[5]) > 65535:
             raise ParseError(f"Via: port {m[5]} is out of range")
-        found.append(m)
-        pos = m.end()
-        if pos == end:
-            return found
-        comma = match_comma(value, pos)
-        if comma is None:
-            raise ParseError(f"Via: unexpected {value[pos:]!r}")
-        pos = comma.end()
+    return found
 
 
 _fast_via = FAST_VIA_PARM_RE.fullmatch
@@ -252,21 +259,7 @@ def _check_addresses(header: str) -> Callable[[str], list[re.Match[str]]]:
         m = fast(value)
         if m is not None:
             return [m]
-        found = []
-        pos, end = 0, len(value)
-        match_addr, match_comma = NAME_ADDR_PARAMS_RE.match, COMMA_RE.match
-        while True:
-            m = match_addr(value, pos)
-            if m is None:
-                raise ParseError(f"{header}: cannot parse {value[pos:]!r} as name-addr or addr-spec")
-            found.append(m)
-            pos = m.end()
-            if pos == end:
-                return found
-            comma = match_comma(value, pos)
-            if comma is None:
-                raise ParseError(f"{header}: unexpected {value[pos:]!r}")
-            pos = comma.end()
+        return _match_list(value, NAME_ADDR_PARAMS_RE.match, header, "name-addr or addr-spec")
 
     return check
 
@@ -392,20 +385,10 @@ def check_retry_after(value: str) -> int:
 
 
 def check_warning(value: str) -> list[str]:
-    pos, end, found = 0, len(value), []
-    while True:
-        m = WARNING_VALUE_RE.match(value, pos)
-        if m is None:
-            # RFC 4475 §3.1.2.5 (scalarlg): warn-code is exactly 3 digits.
-            raise ParseError(f"Warning: {value[pos : pos + 60]!r} is not warn-code warn-agent warn-text")
-        found.append(m[0])
-        pos = m.end()
-        if pos == end:
-            return found
-        comma = COMMA_RE.match(value, pos)
-        if comma is None:
-            raise ParseError(f"Warning: unexpected {value[pos : pos + 60]!r}")
-        pos = comma.end()
+    # RFC 4475 §3.1.2.5 (scalarlg): warn-code is exactly 3 digits.
+    return [
+        m[0] for m in _match_list(value, WARNING_VALUE_RE.match, "Warning", "warn-code warn-agent warn-text")
+    ]
 
 
 def _same(seed: Any) -> Any:

@@ -51,6 +51,7 @@ _UNFOLD_RE: Final = re.compile(r"[ \t]*\r\n[ \t]+")
 # Reason-Phrase: any UTF-8 text, SP and HTAB; no other control characters.
 _BAD_REASON_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
+
 def _header_entry(key: str) -> tuple[str, Any, Any, bool]:
     """(lookup key, fast matcher or None, check or None, may repeat) for a lookup key."""
     rule = HEADER_RULES.get(key)

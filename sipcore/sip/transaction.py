@@ -80,6 +80,15 @@ class Event(StrEnum):
     TIMER_100 = "the 100 Trying timer"
 
 
+NON_INVITE_STATES = frozenset(
+    {
+        TransactionState.TRYING,
+        TransactionState.PROCEEDING,
+        TransactionState.COMPLETED,
+        TransactionState.TERMINATED,
+    }
+)
+
 TIMER_EVENTS: dict[str, Event] = {
     "A": Event.TIMER_A, "B": Event.TIMER_B, "C": Event.TIMER_C, "D": Event.TIMER_D,
     "E": Event.TIMER_E, "F": Event.TIMER_F, "G": Event.TIMER_G, "H": Event.TIMER_H,
@@ -535,14 +544,7 @@ class NonInviteClientTransaction(_ClientTransaction):
 
     KIND = "non_invite_client"
     INITIAL_STATE = TransactionState.TRYING
-    STATES = frozenset(
-        {
-            TransactionState.TRYING,
-            TransactionState.PROCEEDING,
-            TransactionState.COMPLETED,
-            TransactionState.TERMINATED,
-        }
-    )
+    STATES = NON_INVITE_STATES
 
     @classmethod
     def _check_request(cls, request: Request) -> None:
@@ -801,14 +803,7 @@ class NonInviteServerTransaction(_ServerTransaction):
 
     KIND = "non_invite_server"
     INITIAL_STATE = TransactionState.TRYING
-    STATES = frozenset(
-        {
-            TransactionState.TRYING,
-            TransactionState.PROCEEDING,
-            TransactionState.COMPLETED,
-            TransactionState.TERMINATED,
-        }
-    )
+    STATES = NON_INVITE_STATES
 
     @classmethod
     def _check_request(cls, request: Request) -> None:
