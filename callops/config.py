@@ -68,6 +68,7 @@ class Config:
     log_level: str
     log_json: bool
     fallback_phone_number: str = ""
+    ivr_async_commit: bool = True
 
 
 def parse_database_url(url: str) -> dict[str, Any]:
@@ -179,4 +180,5 @@ def load_config(environment: Mapping[str, str] | None = None, *, read_dotenv: bo
         log_level=log_level,
         log_json=log_json,
         fallback_phone_number=env.str("IVR_FALLBACK_NUMBER", default=""),
+        ivr_async_commit=env.bool("IVR_ASYNC_COMMIT", default=True),
     )

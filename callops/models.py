@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
 
 digits_only = RegexValidator(r"^[0-9]+$", "Use digits only: technicians key this on a phone keypad.")
 
@@ -94,3 +95,123 @@ class JobNote(models.Model):
 
     def __str__(self) -> str:
         return f"note on {self.job_id}: {self.text[:40]}"
+
+
+# --- IVR calls ------------------------------------------------------------------------
+
+
+class CallSession(models.Model):
+    """One phone call to the IVR (one Twilio CallSid), from the first webhook to the last."""
+
+    class Outcome(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed (caller said goodbye)"
+        GAVE_UP = "gave_up", "Ended after too many failed attempts"
+        TRANSFERRED = "transferred", "Transferred to the fallback number"
+        ABANDONED = "abandoned", "Abandoned (hung up or went silent mid-call)"
+        FAILED = "failed", "Not connected (busy, failed, no answer, canceled)"
+        TERMINATED = "terminated", "Terminated by staff"
+
+    class Language(models.TextChoices):
+        SPANISH = "es", "Spanish"
+        ENGLISH = "en", "English"
+
+    call_sid = models.CharField(max_length=64, unique=True, help_text="Twilio's CallSid.")
+    from_number = models.CharField(max_length=32, blank=True, help_text="The caller (Twilio's From).")
+    to_number = models.CharField(max_length=32, blank=True, help_text="The number called (Twilio's To).")
+    language = models.CharField(max_length=2, choices=Language.choices, default=Language.SPANISH)
+    outcome = models.CharField(
+        max_length=16, choices=Outcome.choices, default=Outcome.IN_PROGRESS, db_index=True
+    )
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Twilio's CallDuration, from the final status callback."
+    )
+    last_call_status = models.CharField(
+        max_length=16, blank=True, help_text="The newest CallStatus Twilio reported (by SequenceNumber)."
+    )
+    last_status_sequence = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="Its SequenceNumber: older callbacks arriving late are ignored.",
+    )
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"call {self.call_sid} ({self.get_outcome_display()})"
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+
+class AuditRowImmutable(ValueError):
+    """An attempt to change or delete an audit row; they are append-only."""
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Refuses bulk changes: audit rows are written once and never changed or removed."""
+
+    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditRowImmutable(
+            f"{self.model.__name__} rows are append-only: update() is refused; add a new row instead."
+        )
+
+    def bulk_update(self, objs, fields, batch_size=None):  # type: ignore[no-untyped-def]
+        raise AuditRowImmutable(f"{self.model.__name__} rows are append-only: bulk_update() is refused.")
+
+    def delete(self):  # type: ignore[no-untyped-def]
+        raise AuditRowImmutable(f"{self.model.__name__} rows are append-only: delete() is refused.")
+
+    delete.queryset_only = True  # type: ignore[attr-defined]  # as QuerySet.delete: not on managers
+
+
+class CallStateSnapshot(models.Model):
+    """An append-only audit row: a call's state after one change, and what changed it."""
+
+    class Source(models.TextChoices):
+        WEBHOOK = "webhook", "Twilio webhook"
+        CELERY = "celery", "Celery task"
+        API = "api", "API"
+        ADMIN = "admin", "Admin"
+
+    call_sid = models.CharField(max_length=64, help_text="Twilio's CallSid.")
+    sequence = models.PositiveIntegerField(
+        help_text="Order of this change within the call (the state's version counter)."
+    )
+    schema_version = models.PositiveSmallIntegerField(help_text="Schema of the state JSON below.")
+    stage = models.CharField(max_length=24, blank=True)
+    state = models.JSONField(help_text="The whole call state after the change (as stored in Redis).")
+    event = models.JSONField(default=dict, help_text="What caused the change: the input, its effects.")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    recorded_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["call_sid", "sequence"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call_sid", "sequence"], name="call_state_sequence_unique_per_call"
+            )
+        ]
+        indexes = [models.Index(fields=["recorded_at"], name="call_state_recorded_at")]
+
+    def __str__(self) -> str:
+        return f"{self.call_sid} #{self.sequence} {self.stage}"
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise AuditRowImmutable(
+                f"CallStateSnapshot {self.call_sid} #{self.sequence} is append-only: it cannot be changed."
+            )
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditRowImmutable(
+            f"CallStateSnapshot {self.call_sid} #{self.sequence} is append-only: it cannot be deleted."
+        )

@@ -15,6 +15,13 @@ ALLOWED_HOSTS = list(CONFIG.allowed_hosts)
 PUBLIC_BASE_URL = CONFIG.public_base_url
 TWILIO_AUTH_TOKEN = CONFIG.twilio_auth_token
 IVR_FALLBACK_NUMBER = CONFIG.fallback_phone_number
+# Webhook transactions commit without waiting for the disk (see callops.ivr.service).
+IVR_ASYNC_COMMIT = CONFIG.ivr_async_commit
+# IVR (callops.ivr): failed attempts per stage before the call ends or goes to the
+# fallback number, and how long the TwiML answer to a Twilio request is kept to
+# replay it to a retry of that request (Twilio retries within seconds).
+IVR_MAX_ATTEMPTS = 3
+IVR_REPLAY_TTL = 600
 NODE_ID = CONFIG.node_id
 SIP_LISTEN = CONFIG.sip_listen
 REDIS_URL = CONFIG.redis_url
@@ -68,6 +75,15 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": CONFIG.database}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # SQLite serves concurrent webhooks (gunicorn workers, runserver threads) only if:
+    # - a transaction takes the write lock when it begins, so two read-then-write
+    #   transactions queue for it instead of one failing with "database is locked";
+    # - WAL lets readers go on while one writes, and synchronous=NORMAL commits
+    #   without an fsync each (still crash-safe; a power cut may lose the last ones).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:
@@ -158,6 +174,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "callops.tasks.record_worker_heartbeat",
         "schedule": 15.0,
         "options": {"expires": 14.0},
+    },
+    # Closes IVR call sessions whose Redis state expired without a final status
+    # callback (caller went silent, callback lost), so none stays "in progress".
+    "sweep-expired-call-states": {
+        "task": "callops.tasks.sweep_expired_call_states",
+        "schedule": 60.0,
+        "options": {"expires": 55.0},
     },
 }
 

@@ -19,3 +19,31 @@ def record_worker_heartbeat() -> dict[str, object]:
     now = time.time()
     get_redis().set(WORKER_HEARTBEAT_KEY, repr(now), ex=3600)
     return {"at": now, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+@shared_task
+def sweep_expired_call_states() -> dict[str, object]:
+    """Queue the closing of every open call session whose Redis state has expired.
+
+    Safe to run twice: it only reads; each queued task re-checks before it acts.
+    """
+    from django.utils import timezone
+
+    from callops.ivr.service import stale_session_ids
+
+    session_ids = stale_session_ids(timezone.now())
+    for session_id in session_ids:
+        expire_call_session.delay(session_id)
+    return {"queued": session_ids}
+
+
+@shared_task
+def expire_call_session(session_id: int) -> str | None:
+    """Close one call session as abandoned (or as its last stage says) if its state is gone.
+
+    Re-reads the session and Redis; does nothing if the call ended meanwhile or
+    its state is back, so a duplicate or late run is harmless.
+    """
+    from callops.ivr.service import expire_session
+
+    return expire_session(session_id)

@@ -100,6 +100,11 @@ def test_bad_sip_listen_entry(entry):
         config(SIP_LISTEN=entry)
 
 
+def test_ivr_async_commit_defaults_on_and_can_be_turned_off():
+    assert config().ivr_async_commit is True
+    assert config(IVR_ASYNC_COMMIT="0").ivr_async_commit is False
+
+
 def test_public_base_url_must_be_absolute():
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
         config(PUBLIC_BASE_URL="ops.example.com")
