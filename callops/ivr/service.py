@@ -153,6 +153,15 @@ class _AlreadyAnswered(Exception):
         self.twiml = twiml
 
 
+# What the platform expects to fail now and then, and the outcome each is counted as.
+_FAILURE_OUTCOMES: tuple[tuple[type[Exception], str], ...] = (
+    (redis.RedisError, "redis_down"),
+    (DatabaseError, "database_down"),
+    (StateConflict, "conflict"),
+)
+_EXPECTED_FAILURES = tuple(kind for kind, _ in _FAILURE_OUTCOMES)
+
+
 def _answering(webhook: Webhook, *, on_failure: Callable[[], str]) -> Callable[..., Any]:
     def decorate(
         handle: Callable[[WebhookRequest], WebhookAnswer],
@@ -165,33 +174,17 @@ def _answering(webhook: Webhook, *, on_failure: Callable[[], str]) -> Callable[.
             started = time.perf_counter()
             try:
                 result = handle(request)
-            except redis.RedisError as exc:
+            except _EXPECTED_FAILURES as exc:
+                outcome = next(label for kind, label in _FAILURE_OUTCOMES if isinstance(exc, kind))
                 logger.error(
-                    "Redis failed answering %s for call %s: %r",
+                    "answering %s for call %s failed (%s): %r",
                     webhook,
                     request.call_sid,
+                    outcome,
                     exc,
                     extra={"call_sid": request.call_sid},
                 )
-                result = WebhookAnswer(on_failure(), "redis_down")
-            except DatabaseError as exc:
-                logger.error(
-                    "database failed answering %s for call %s: %r",
-                    webhook,
-                    request.call_sid,
-                    exc,
-                    extra={"call_sid": request.call_sid},
-                )
-                result = WebhookAnswer(on_failure(), "database_down")
-            except StateConflict as exc:
-                logger.error(
-                    "answering %s for call %s: %s",
-                    webhook,
-                    request.call_sid,
-                    exc,
-                    extra={"call_sid": request.call_sid},
-                )
-                result = WebhookAnswer(on_failure(), "conflict")
+                result = WebhookAnswer(on_failure(), outcome)
             except Exception:
                 # A bug: log it whole, but the caller still hears words, not Twilio's error message.
                 logger.exception(

@@ -37,29 +37,21 @@ def _answer(
     return HttpResponse(answer.twiml, content_type=TWIML_CONTENT_TYPE)
 
 
-@csrf_exempt
-@require_POST
-@twilio_signed(Webhook.VOICE)
-def voice(request: HttpRequest) -> HttpResponse:
-    return _answer(request, Webhook.VOICE, service.answer_call)
+def _webhook_view(
+    webhook: Webhook, handle: Callable[[WebhookRequest], WebhookAnswer]
+) -> Callable[..., HttpResponse]:
+    @csrf_exempt
+    @require_POST
+    @twilio_signed(webhook)
+    def view(request: HttpRequest) -> HttpResponse:
+        return _answer(request, webhook, handle)
+
+    view.__name__ = view.__qualname__ = webhook.value
+    view.__doc__ = handle.__doc__
+    return view
 
 
-@csrf_exempt
-@require_POST
-@twilio_signed(Webhook.GATHER)
-def gather(request: HttpRequest) -> HttpResponse:
-    return _answer(request, Webhook.GATHER, service.handle_gather)
-
-
-@csrf_exempt
-@require_POST
-@twilio_signed(Webhook.STATUS)
-def status(request: HttpRequest) -> HttpResponse:
-    return _answer(request, Webhook.STATUS, service.handle_status_callback)
-
-
-@csrf_exempt
-@require_POST
-@twilio_signed(Webhook.FALLBACK)
-def fallback(request: HttpRequest) -> HttpResponse:
-    return _answer(request, Webhook.FALLBACK, service.handle_fallback)
+voice = _webhook_view(Webhook.VOICE, service.answer_call)
+gather = _webhook_view(Webhook.GATHER, service.handle_gather)
+status = _webhook_view(Webhook.STATUS, service.handle_status_callback)
+fallback = _webhook_view(Webhook.FALLBACK, service.handle_fallback)
