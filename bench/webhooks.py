@@ -362,8 +362,14 @@ def verify(scripts: list[list[Step]], redis_url: str) -> list[str]:
 
 def report(results: Results, rate: float, duration: float, workers: int, database: Database) -> None:
     from django.conf import settings
+    from django.db import connection
 
-    commits = "asynchronous commit" if settings.IVR_ASYNC_COMMIT else "durable commit (IVR_ASYNC_COMMIT=0)"
+    if connection.vendor == "sqlite":
+        commits = "WAL, synchronous=NORMAL"
+    else:
+        commits = (
+            "asynchronous commit" if settings.IVR_ASYNC_COMMIT else "durable commit (IVR_ASYNC_COMMIT=0)"
+        )
     print(f"\nTwilio webhooks · gunicorn {workers} sync workers · {database.description}, {commits} · Redis at "
           f"{urllib.parse.urlsplit(os.environ['REDIS_URL']).netloc} · {os.cpu_count()} CPUs")  # fmt: skip
     print(f"offered {rate:.0f} req/s for {duration:.0f} s: whole calls of {REQUESTS_PER_CALL} requests; "
