@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import redis
 from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
@@ -104,7 +105,11 @@ class CallSessionAdmin(admin.ModelAdmin):
 
         store = get_store()
         for session in queryset:
-            remaining = store.extend_ttl(session.call_sid, LIVE_STATE_EXTENSION_SECONDS)
+            try:
+                remaining = store.extend_ttl(session.call_sid, LIVE_STATE_EXTENSION_SECONDS)
+            except redis.RedisError as exc:
+                self.message_user(request, f"Redis unreachable, nothing extended: {exc}", messages.ERROR)
+                return
             if remaining is None:
                 self.message_user(
                     request,
@@ -119,7 +124,14 @@ class CallSessionAdmin(admin.ModelAdmin):
         from callops.ivr.service import terminate_call
 
         for session in queryset:
-            if terminate_call(session.call_sid) is None:
+            try:
+                ended = terminate_call(session.call_sid)
+            except redis.RedisError as exc:
+                self.message_user(
+                    request, f"{session.call_sid}: Redis unreachable, not terminated: {exc}", messages.ERROR
+                )
+                continue
+            if ended is None:
                 self.message_user(request, f"{session.call_sid}: had ended already.", messages.WARNING)
             else:
                 self.message_user(request, f"{session.call_sid}: terminated.")

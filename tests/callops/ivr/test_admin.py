@@ -69,3 +69,27 @@ def test_terminate_action_ends_the_call(admin_client, call, jobs):
     assert (final.source, final.event["kind"]) == ("admin", "terminated_by_staff")
     # The caller's next input meets a closed call: Twilio is told to hang up.
     assert call.gather(digits="1001").hangup
+
+
+def test_admin_with_redis_down_says_so_and_still_terminates(
+    admin_client, client, settings, private_redis, jobs
+):
+    from tests.callops.ivr.support import TwilioCall
+
+    settings.REDIS_URL = private_redis.url
+    call = TwilioCall(client)
+    call.voice()
+    session = CallSession.objects.get(call_sid=call.call_sid)
+    private_redis.stop()
+    page = admin_client.get(f"/admin/callops/callsession/{session.pk}/change/")
+    assert page.status_code == 200
+    assert b"Redis unreachable" in page.content
+    for action, message in [("extend_live_state", b"nothing extended"), ("terminate_calls", b"terminated.")]:
+        response = admin_client.post(
+            "/admin/callops/callsession/", {"action": action, "_selected_action": [session.pk]}, follow=True
+        )
+        assert response.status_code == 200
+        assert message in response.content
+    # Terminating needs only the database: the live state expires by itself.
+    session.refresh_from_db()
+    assert session.outcome == "terminated"
