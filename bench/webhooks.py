@@ -22,8 +22,20 @@ What runs:
   database and Redis are checked: every call completed, every note stored, no
   call state left behind.
 
-The output is a report: the target (p99 <= 30 ms at 200 requests/s) is marked
-PASS or MISS, and the exit status is 0 either way unless the run itself failed.
+* CPU: beside wall-clock latency, the CPU time the gunicorn workers spent
+  (user + system, read from ``/proc`` before and after each phase) divided by
+  the requests they answered. The same server first answers a bare Django view
+  (``bench/bare_wsgi.py``: same workers, same middleware, no work) with the same
+  pace and body size, so ``x bare`` is what a webhook costs beyond serving any
+  Django request at all. CPU time per request is the figure to compare across
+  runs: this machine is shared and noisy, and wall time moves with its load.
+* Commit modes: the webhooks run once with the configured commit mode
+  (asynchronous by default) and once with every commit waiting for its fsync
+  (``IVR_ASYNC_COMMIT=0``), each on a freshly started server.
+
+The output is a report: the targets (p99 <= 30 ms at 200 requests/s; a webhook
+at most 4x the bare view's CPU) are marked PASS or MISS, and the exit status is
+0 either way unless the run itself failed.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 TARGET_RATE = 200.0
 TARGET_P99_MS = 30.0
+TARGET_CPU_RATIO = 4.0  # webhook CPU per request / bare view CPU per request
 REQUESTS_PER_CALL = 8
 BENCH_CLIENTS = ("7001", "7002", "7003")
 
@@ -107,9 +120,18 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Step:
-    webhook: str  # voice, gather, status
+    webhook: str  # voice, gather, status; or bare (the bare view)
     params: dict[str, str]
     expect: str  # words the answer must contain
+
+    @property
+    def path(self) -> str:
+        return "/bench/bare/" if self.webhook == "bare" else f"/twilio/{self.webhook}/"
+
+
+def bare_script(steps: list[Step]) -> list[Step]:
+    """A call's worth of requests to the bare view, with the same bodies."""
+    return [Step("bare", step.params, "ok") for step in steps]
 
 
 def call_script(
@@ -205,7 +227,7 @@ class Driver:
         previous_done = start
         for number, step in enumerate(steps):
             due = max(start + number * think, previous_done)
-            payload = self.request_bytes(f"/twilio/{step.webhook}/", step.params)
+            payload = self.request_bytes(step.path, step.params)
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -279,10 +301,10 @@ def seed(calls: int) -> list[tuple[str, str]]:
 
 
 def start_gunicorn(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "gunicorn", "callops.wsgi:application", "--bind", f"127.0.0.1:{port}",
+    args = [sys.executable, "-m", "gunicorn", "bench.bare_wsgi:application", "--bind", f"127.0.0.1:{port}",
             "--workers", str(workers), "--worker-class", "sync", "--backlog", "2048", "--timeout", "30",
             "--log-level", "warning"]  # fmt: skip
-    log = log_path.open("wb")
+    log = log_path.open("ab")
     return subprocess.Popen(
         args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -297,8 +319,10 @@ def wait_until_serving(port: int, server: subprocess.Popen, log_path: Path, time
         if server.poll() is not None:
             raise RuntimeError(f"gunicorn exited:\n{log_path.read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/bare/", timeout=2)
             return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer (405 for a GET) means it serves
         except (urllib.error.URLError, OSError):
             time.sleep(0.2)
     raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{log_path.read_text()[-3000:]}")
@@ -314,22 +338,42 @@ def stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu_seconds(master_pid: int) -> float:
+    """User + system CPU of gunicorn's workers (the master's children), from /proc."""
+    total = 0
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+        for child in children:
+            with contextlib.suppress(OSError):
+                # Fields after the parenthesised command: utime is the 14th field, stime the 15th.
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-async def drive(driver: Driver, scripts: list[list[Step]], rate: float, think: float, warmup: int) -> None:
+async def warm_up(driver: Driver, scripts: list[list[Step]]) -> None:
+    """A few calls one after another (imports, connections, caches), not measured."""
     loop = asyncio.get_running_loop()
-    # Warm-up: a few calls one after another (imports, connections, caches), not measured.
-    for steps in scripts[:warmup]:
+    for steps in scripts:
         await driver.run_call(steps, loop.time(), 0.0, measured=False)
+
+
+async def drive(driver: Driver, scripts: list[list[Step]], rate: float, think: float) -> None:
+    """Calls started open-loop at a fixed pace, measured."""
+    loop = asyncio.get_running_loop()
     calls_per_second = rate / REQUESTS_PER_CALL
     start = loop.time() + 0.2
-    measured = scripts[warmup:]
     driver.results.steady_from = start + REQUESTS_PER_CALL * think
-    driver.results.steady_to = start + (len(measured) - 1) / calls_per_second
+    driver.results.steady_to = start + (len(scripts) - 1) / calls_per_second
     tasks = [
         asyncio.create_task(driver.run_call(steps, start + index / calls_per_second, think, measured=True))
-        for index, steps in enumerate(measured)
+        for index, steps in enumerate(scripts)
     ]
     await asyncio.gather(*tasks)
 
@@ -360,68 +404,122 @@ def verify(scripts: list[list[Step]], redis_url: str) -> list[str]:
     return problems
 
 
-def report(results: Results, rate: float, duration: float, workers: int, database: Database) -> None:
-    from django.conf import settings
+@dataclass
+class Phase:
+    name: str
+    results: Results
+    cpu_seconds: float
+    requests: int
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / max(self.requests, 1)
+
+    @property
+    def all_latencies(self) -> list[float]:
+        return [value for values in self.results.latency_ms.values() for value in values]
+
+
+def run_phase(
+    name: str, env: dict[str, str], scripts: list[list[Step]], args: argparse.Namespace, workdir: Path
+) -> Phase:
+    """A freshly started server, a warm-up, then the measured load; CPU read around the load only."""
+    port = int(urllib.parse.urlsplit(env["PUBLIC_BASE_URL"]).port or 0)
+    log_path = workdir / "gunicorn.log"
+    server = start_gunicorn(env, port, args.workers, log_path)
+    try:
+        wait_until_serving(port, server, log_path)
+        results = Results()
+        driver = Driver(port, env["PUBLIC_BASE_URL"], env["TWILIO_AUTH_TOKEN"], results)
+        warmup = 2 * args.workers
+        asyncio.run(warm_up(driver, scripts[:warmup]))
+        before = workers_cpu_seconds(server.pid)
+        asyncio.run(drive(driver, scripts[warmup:], args.rate, args.think))
+        time.sleep(0.2)
+        cpu = workers_cpu_seconds(server.pid) - before
+    finally:
+        stop(server)
+    return Phase(name, results, cpu, sum(len(values) for values in results.latency_ms.values()))
+
+
+def report(phases: list[Phase], rate: float, duration: float, workers: int, database: Database) -> None:
     from django.db import connection
 
-    if connection.vendor == "sqlite":
-        commits = "WAL, synchronous=NORMAL"
-    else:
-        commits = (
-            "asynchronous commit" if settings.IVR_ASYNC_COMMIT else "durable commit (IVR_ASYNC_COMMIT=0)"
-        )
+    commits = "WAL, synchronous=NORMAL" if connection.vendor == "sqlite" else "PostgreSQL"
     print(f"\nTwilio webhooks · gunicorn {workers} sync workers · {database.description}, {commits} · Redis at "
           f"{urllib.parse.urlsplit(os.environ['REDIS_URL']).netloc} · {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"offered {rate:.0f} req/s for {duration:.0f} s: whole calls of {REQUESTS_PER_CALL} requests; "
-          "latency from when each request was due to its last byte\n")  # fmt: skip
-    header = (
-        f"{'webhook':<10}{'requests':>10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}{'errors':>8}"
-    )
+    print(f"offered {rate:.0f} req/s for {duration:.0f} s per phase: whole calls of {REQUESTS_PER_CALL} "
+          "requests; latency from when each request was due to its last byte; CPU = gunicorn workers' "
+          "user+system time / requests\n")  # fmt: skip
+    bare = phases[0]
+    header = (f"{'phase':<26}{'webhook':<9}{'requests':>9}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+              f"{'max ms':>8}{'errors':>7}{'CPU ms/req':>11}{'x bare':>8}")  # fmt: skip
     print(header)
     print("-" * len(header))
-    rows = [*sorted(results.latency_ms.items(), key=lambda item: ["voice", "gather", "status"].index(item[0])),
-            ("all", [value for values in results.latency_ms.values() for value in values])]  # fmt: skip
-    for name, values in rows:
-        errors = sum(len(e) for e in results.errors.values()) if name == "all" else len(results.errors[name])
-        achieved = results.rate(None if name == "all" else name)
-        print(f"{name:<10}{len(values):>10}{achieved:>10.1f}{percentile(values, 0.5):>10.1f}"
-              f"{percentile(values, 0.99):>10.1f}{max(values, default=math.nan):>10.1f}{errors:>8}")  # fmt: skip
-    print(f"\nclient send lag (due -> sent): p50 {percentile(results.send_lag_ms, 0.5):.2f} ms, "
-          f"p99 {percentile(results.send_lag_ms, 0.99):.2f} ms")  # fmt: skip
-    achieved = results.rate()
-    p99 = percentile([value for values in results.latency_ms.values() for value in values], 0.99)
-    errors = sum(len(e) for e in results.errors.values())
-    met = p99 <= TARGET_P99_MS and achieved >= 0.97 * TARGET_RATE and errors == 0
-    print(f"target p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} req/s sustained: "
-          f"{'PASS' if met else 'MISS'} (p99 {p99:.1f} ms at {achieved:.1f} req/s, {errors} errors)")  # fmt: skip
-    for webhook, problems in results.errors.items():
-        for problem in problems[:3]:
-            print(f"  {webhook}: {problem}")
+    order = ["bare", "voice", "gather", "status"]
+    for phase in phases:
+        results = phase.results
+        rows = sorted(results.latency_ms.items(), key=lambda item: order.index(item[0]))
+        if len(rows) > 1:
+            rows.append(("all", phase.all_latencies))
+        for name, values in rows:
+            errors = (
+                sum(len(e) for e in results.errors.values())
+                if name in ("all", "bare")
+                else len(results.errors[name])
+            )
+            achieved = results.rate(None if name in ("all", "bare") else name)
+            cpu = ratio = ""
+            if name in ("all", "bare"):
+                cpu = f"{phase.cpu_ms_per_request:.2f}"
+                ratio = f"{phase.cpu_ms_per_request / bare.cpu_ms_per_request:.2f}"
+            print(f"{phase.name if name in ('all', 'bare') else '':<26}{name:<9}{len(values):>9}{achieved:>8.1f}"
+                  f"{percentile(values, 0.5):>8.1f}{percentile(values, 0.99):>8.1f}"
+                  f"{max(values, default=math.nan):>8.1f}{errors:>7}{cpu:>11}{ratio:>8}")  # fmt: skip
+    print()
+    for phase in phases[1:]:
+        p99 = percentile(phase.all_latencies, 0.99)
+        achieved = phase.results.rate()
+        errors = sum(len(e) for e in phase.results.errors.values())
+        met = p99 <= TARGET_P99_MS and achieved >= 0.97 * TARGET_RATE and errors == 0
+        ratio = phase.cpu_ms_per_request / bare.cpu_ms_per_request
+        print(f"{phase.name}: p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} req/s: "
+              f"{'PASS' if met else 'MISS'} (p99 {p99:.1f} ms at {achieved:.1f} req/s, {errors} errors); "
+              f"CPU <= {TARGET_CPU_RATIO:.0f}x bare: {'PASS' if ratio <= TARGET_CPU_RATIO else 'MISS'} "
+              f"({phase.cpu_ms_per_request:.2f} ms vs {bare.cpu_ms_per_request:.2f} ms, {ratio:.2f}x)")  # fmt: skip
+        for webhook, problems in phase.results.errors.items():
+            for problem in problems[:3]:
+                print(f"  {webhook}: {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 s of load instead of 45")
+    parser.add_argument("--quick", action="store_true", help="10 s of load per phase instead of 45")
     parser.add_argument("--rate", type=float, default=TARGET_RATE, help="requests per second offered")
     parser.add_argument("--duration", type=float, default=None, help="seconds of load (default 45, quick 10)")
     parser.add_argument(
         "--workers", type=int, default=max(2, 2 * (os.cpu_count() or 1)), help="gunicorn workers"
     )
     parser.add_argument("--think", type=float, default=0.05, help="seconds between a call's requests")
+    parser.add_argument(
+        "--no-durable", action="store_true", help="skip the phase with IVR_ASYNC_COMMIT=0 (fsync per commit)"
+    )
     args = parser.parse_args(argv)
     if not os.environ.get("REDIS_URL"):
         parser.error("REDIS_URL is not set: run through `make bench`, or point it at a Redis")
     duration = args.duration or (10.0 if args.quick else 45.0)
     warmup = 2 * args.workers
     calls = warmup + math.ceil(args.rate * duration / REQUESTS_PER_CALL)
+    modes = [("webhooks, async commit", "1")] + (
+        [] if args.no_durable else [("webhooks, durable commit", "0")]
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="callops-bench-"))
     database = throwaway_database(workdir)
     port, token = free_port(), secrets.token_hex(16)
-    server = None
     try:
         env = configure_django(database, workdir, port, token)
-        jobs = seed(calls)
+        jobs = seed(calls * len(modes))
         run_id = secrets.token_hex(4)
         from django.utils import timezone
 
@@ -430,21 +528,18 @@ def main(argv: list[str] | None = None) -> int:
             call_script(index, f"CAbench{run_id}{index:08d}", client_code, job_number, reschedule_to)
             for index, (client_code, job_number) in enumerate(jobs)
         ]
-        log_path = workdir / "gunicorn.log"
-        server = start_gunicorn(env, port, args.workers, log_path)
-        wait_until_serving(port, server, log_path)
-        results = Results()
-        driver = Driver(port, env["PUBLIC_BASE_URL"], token, results)
-        asyncio.run(drive(driver, scripts, args.rate, args.think, warmup))
-        time.sleep(0.2)
-        report(results, args.rate, duration, args.workers, database)
+        phases = [
+            run_phase("bare Django view", env, [bare_script(s) for s in scripts[:calls]], args, workdir)
+        ]
+        for number, (name, async_commit) in enumerate(modes):
+            mine = scripts[number * calls : (number + 1) * calls]
+            phases.append(run_phase(name, {**env, "IVR_ASYNC_COMMIT": async_commit}, mine, args, workdir))
+        report(phases, args.rate, duration, args.workers, database)
         problems = verify(scripts, os.environ["REDIS_URL"])
         print("after the run: " + ("; ".join(problems) if problems else "every call completed, every note stored, "
                                    "no call state left in Redis"))  # fmt: skip
         return 0
     finally:
-        if server is not None:
-            stop(server)
         from django.db import connections
 
         connections.close_all()
