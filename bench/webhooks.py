@@ -462,7 +462,7 @@ def report(phases: list[Phase], rate: float, duration: float, workers: int, data
         rows = sorted(results.latency_ms.items(), key=lambda item: order.index(item[0]))
         if len(rows) > 1:
             rows.append(("all", phase.all_latencies))
-        for name, values in rows:
+        for row, (name, values) in enumerate(rows):
             errors = (
                 sum(len(e) for e in results.errors.values())
                 if name in ("all", "bare")
@@ -473,7 +473,7 @@ def report(phases: list[Phase], rate: float, duration: float, workers: int, data
             if name in ("all", "bare"):
                 cpu = f"{phase.cpu_ms_per_request:.2f}"
                 ratio = f"{phase.cpu_ms_per_request / bare.cpu_ms_per_request:.2f}"
-            print(f"{phase.name if name in ('all', 'bare') else '':<26}{name:<9}{len(values):>9}{achieved:>8.1f}"
+            print(f"{phase.name if row == 0 else '':<26}{name:<9}{len(values):>9}{achieved:>8.1f}"
                   f"{percentile(values, 0.5):>8.1f}{percentile(values, 0.99):>8.1f}"
                   f"{max(values, default=math.nan):>8.1f}{errors:>7}{cpu:>11}{ratio:>8}")  # fmt: skip
     print()
