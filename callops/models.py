@@ -169,7 +169,37 @@ class AppendOnlyQuerySet(models.QuerySet):
     delete.queryset_only = True  # type: ignore[attr-defined]  # as QuerySet.delete: not on managers
 
 
-class CallStateSnapshot(models.Model):
+class AppendOnlyModel(models.Model):
+    """An audit row: written once, never changed or deleted by code.
+
+    This is the Python half; the database half is the triggers that each audit
+    table's migration installs with ``callops.audit_db.append_only_operations``
+    (they also stop ``_base_manager``, upserts and raw SQL). A subclass that sets
+    ``audit_prune_field`` may have its old rows pruned by
+    ``callops.audit_db.prune_audit``, and only that way.
+    """
+
+    audit_prune_field: str | None = None
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self._state.adding:
+            raise AuditRowImmutable(f"{self.audit_label()} is append-only: it cannot be changed.")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AuditRowImmutable(f"{self.audit_label()} is append-only: it cannot be deleted.")
+
+    def audit_label(self) -> str:
+        return f"{type(self).__name__} #{self.pk}"
+
+
+class CallStateSnapshot(AppendOnlyModel):
     """An append-only audit row: a call's state after one change, and what changed it."""
 
     class Source(models.TextChoices):
@@ -189,7 +219,7 @@ class CallStateSnapshot(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices)
     recorded_at = models.DateTimeField(default=timezone.now, editable=False)
 
-    objects = AppendOnlyQuerySet.as_manager()
+    audit_prune_field = "recorded_at"
 
     class Meta:
         ordering = ["call_sid", "sequence"]
@@ -203,15 +233,59 @@ class CallStateSnapshot(models.Model):
     def __str__(self) -> str:
         return f"{self.call_sid} #{self.sequence} {self.stage}"
 
-    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if not self._state.adding:
-            raise AuditRowImmutable(
-                f"CallStateSnapshot {self.call_sid} #{self.sequence} is append-only: it cannot be changed."
-            )
-        kwargs["force_insert"] = True
-        super().save(*args, **kwargs)
+    def audit_label(self) -> str:
+        return f"CallStateSnapshot {self.call_sid} #{self.sequence}"
 
-    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise AuditRowImmutable(
-            f"CallStateSnapshot {self.call_sid} #{self.sequence} is append-only: it cannot be deleted."
-        )
+
+# --- job history and audit housekeeping -----------------------------------------------
+
+
+class JobChange(AppendOnlyModel):
+    """One change to a job's fields, by phone, admin or API: who, when, each field from and to.
+
+    Written by ``callops.jobs.change_job`` in the same transaction as the change itself.
+    """
+
+    class Source(models.TextChoices):
+        PHONE = "phone", "Phone (IVR)"
+        ADMIN = "admin", "Admin"
+        API = "api", "API"
+
+    # PROTECT: a job with a history is cancelled, not deleted (its history cannot be).
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="changes")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    actor = models.CharField(max_length=150, help_text="The staff user name, the CallSid or the API client.")
+    call_sid = models.CharField(max_length=64, blank=True)
+    caller = models.CharField(max_length=32, blank=True, help_text="The caller's number, masked.")
+    changes = models.JSONField(help_text='Each changed field: {"status": {"from": ..., "to": ...}}.')
+    recorded_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+
+    audit_prune_field = "recorded_at"
+
+    class Meta:
+        ordering = ["job", "recorded_at", "id"]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} changed by {self.source} {self.actor}"
+
+
+class AuditPrune(AppendOnlyModel):
+    """One batch of audit rows deleted by retention age (``callops.audit_db.prune_audit``).
+
+    Never pruned itself: the record of what was removed stays.
+    """
+
+    run = models.UUIDField(help_text="One prune run; it deletes in several batches.")
+    table = models.CharField(max_length=100)
+    cutoff = models.DateTimeField(help_text="Rows recorded before this were removed.")
+    deleted = models.PositiveIntegerField()
+    oldest = models.DateTimeField(help_text="The oldest row removed by this batch.")
+    newest = models.DateTimeField(help_text="The newest row removed by this batch.")
+    requested_by = models.CharField(max_length=150, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"pruned {self.deleted} rows of {self.table} before {self.cutoff:%Y-%m-%d %H:%M}"

@@ -1,0 +1,1 @@
+"""Django database backends with this project's adjustments."""
