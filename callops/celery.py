@@ -24,6 +24,20 @@ def _require_redis(**_: object) -> None:
         raise ImproperlyConfigured("REDIS_URL is not set; Celery needs it as broker and result backend.")
 
 
+@signals.worker_ready.connect
+def _start_worker_heartbeat(sender: object = None, **_: object) -> None:
+    from callops.health import start_worker_heartbeat
+
+    start_worker_heartbeat(getattr(sender, "hostname", None))
+
+
+@signals.worker_shutdown.connect
+def _stop_worker_heartbeat(**_: object) -> None:
+    from callops.health import stop_worker_heartbeat
+
+    stop_worker_heartbeat()
+
+
 @signals.task_prerun.connect
 def _bind_task_id(task_id: str | None = None, **_: object) -> None:
     from callops.logging import task_id_var

@@ -8,6 +8,7 @@ reads nothing from the environment itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -35,6 +36,14 @@ SUPPORTED_DATABASE_SCHEMES = {
 }
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SIP_TRANSPORTS = ("udp", "tcp")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Who may read /metrics without a token: the machine itself (a Prometheus or an
+# agent running beside the app), nothing else unless configured.
+DEFAULT_METRICS_NETWORKS = ("127.0.0.0/8", "::1/128")
+# HSTS for a year once HTTPS_ONLY is on (what `check --deploy` asks for); lower
+# it with HSTS_SECONDS while trying HTTPS out on a new domain.
+DEFAULT_HSTS_SECONDS = 365 * 24 * 3600
+CONNECT_TIMEOUT_SECONDS = 5  # PostgreSQL connect_timeout unless DATABASE_URL sets one
 
 
 class ConfigError(ImproperlyConfigured):
@@ -69,6 +78,18 @@ class Config:
     log_json: bool
     fallback_phone_number: str = ""
     ivr_async_commit: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    # Production transport security (see settings.py): redirect to HTTPS, secure
+    # cookies and HSTS. On unless DEBUG is.
+    https_only: bool = False
+    hsts_seconds: int = 0
+    # Reverse proxies allowed to say who the client is (X-Forwarded-For) and
+    # whether it came over HTTPS (X-Forwarded-Proto). Empty: none is trusted.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    health_token: str = ""
+    metrics_token: str = ""
+    metrics_networks: tuple[IPNetwork, ...] = ()
 
 
 def parse_database_url(url: str) -> dict[str, Any]:
@@ -97,6 +118,9 @@ def parse_database_url(url: str) -> dict[str, Any]:
     else:
         db["CONN_MAX_AGE"] = 60
         db["CONN_HEALTH_CHECKS"] = True
+        # A database host that doesn't answer fails a connect in seconds, not
+        # after the OS gives up (minutes), so requests and /healthz stay bounded.
+        db.setdefault("OPTIONS", {}).setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
     return db
 
 
@@ -129,6 +153,23 @@ def parse_listen_address(text: str) -> ListenAddress:
     return ListenAddress(protocol.lower(), host, int(port_text))
 
 
+def parse_networks(name: str, items: list[str]) -> tuple[IPNetwork, ...]:
+    """``10.0.0.0/8,::1`` -> networks (a bare address is a network of one)."""
+    networks = []
+    for item in items:
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{name} entry {item!r} is not an IP address or network: {exc}") from exc
+    return tuple(networks)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def load_config(environment: Mapping[str, str] | None = None, *, read_dotenv: bool = True) -> Config:
     """Read the configuration from ``environment`` (default: the process environment)."""
     env = environ.Env()
@@ -148,7 +189,17 @@ def load_config(environment: Mapping[str, str] | None = None, *, read_dotenv: bo
     if not debug and len(secret_key) < 32:
         raise ConfigError("SECRET_KEY must be at least 32 characters when DEBUG is off.")
 
-    public_base_url = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+    web_host = env.str("WEB_HOST", default="127.0.0.1").strip().strip("[]")
+    web_port_text = env.str("WEB_PORT", default="8000").strip()
+    if not (web_port_text.isascii() and web_port_text.isdigit()) or not 0 < int(web_port_text) < 65536:
+        raise ConfigError(f"WEB_PORT {web_port_text!r} must be a TCP port number, 1-65535")
+    web_port = int(web_port_text)
+    # Unset, the public address is where `make run` serves (a wildcard bind is
+    # reached through loopback), so webhook signatures match on a developer's machine.
+    reachable_host = "127.0.0.1" if web_host in ("", "0.0.0.0", "::") else web_host  # noqa: S104
+    public_base_url = env.str(
+        "PUBLIC_BASE_URL", default=f"http://{_url_host(reachable_host)}:{web_port}"
+    ).rstrip("/")
     parts = urlsplit(public_base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
@@ -161,6 +212,20 @@ def load_config(environment: Mapping[str, str] | None = None, *, read_dotenv: bo
         for item in env.list("SIP_LISTEN", default=["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
         if item.strip()
     )
+    allowed_hosts = env.list("ALLOWED_HOSTS", default=[])
+    if not allowed_hosts:
+        # Loopback, plus the names this app is configured to be reached by.
+        allowed_hosts = ["127.0.0.1", "localhost", "[::1]"]
+        for host in (reachable_host, parts.hostname):
+            if host and _url_host(host) not in allowed_hosts and host not in allowed_hosts:
+                allowed_hosts.append(_url_host(host))
+
+    https_only = env.bool("HTTPS_ONLY", default=not debug)
+    hsts_text = env.str("HSTS_SECONDS", default=str(DEFAULT_HSTS_SECONDS if https_only else 0)).strip()
+    if not (hsts_text.isascii() and hsts_text.isdigit()):
+        raise ConfigError(f"HSTS_SECONDS {hsts_text!r} must be a whole number of seconds (0 turns HSTS off)")
+    hsts_seconds = int(hsts_text)
+
     log_level = env.str("LOG_LEVEL", default="INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL {log_level!r} is not a logging level name")
@@ -168,7 +233,7 @@ def load_config(environment: Mapping[str, str] | None = None, *, read_dotenv: bo
     return Config(
         debug=debug,
         secret_key=secret_key,
-        allowed_hosts=tuple(env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])),
+        allowed_hosts=tuple(allowed_hosts),
         database=parse_database_url(
             env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'callops.sqlite3'}")
         ),
@@ -181,4 +246,15 @@ def load_config(environment: Mapping[str, str] | None = None, *, read_dotenv: bo
         log_json=log_json,
         fallback_phone_number=env.str("IVR_FALLBACK_NUMBER", default=""),
         ivr_async_commit=env.bool("IVR_ASYNC_COMMIT", default=True),
+        web_host=web_host,
+        web_port=web_port,
+        https_only=https_only,
+        hsts_seconds=hsts_seconds,
+        trusted_proxies=parse_networks("TRUSTED_PROXIES", env.list("TRUSTED_PROXIES", default=[])),
+        health_token=env.str("HEALTH_TOKEN", default=""),
+        metrics_token=env.str("METRICS_TOKEN", default=""),
+        metrics_networks=parse_networks(
+            "METRICS_ALLOWED_NETWORKS",
+            env.list("METRICS_ALLOWED_NETWORKS", default=list(DEFAULT_METRICS_NETWORKS)),
+        ),
     )

@@ -169,7 +169,7 @@ def _manage(env: dict[str, str], *args: str) -> None:
 def _processes(env: dict[str, str], host: str, port: int) -> dict[str, str]:
     celery = f"{PYTHON} -m celery -A callops"
     processes = {
-        "web": f"{PYTHON} manage.py runserver {host}:{port} --noreload",
+        "web": f"{PYTHON} manage.py runserver {f'[{host}]' if ':' in host else host}:{port} --noreload",
         "worker": f"{celery} worker --loglevel INFO --concurrency 2 --hostname worker@%h",
         "beat": f"{celery} beat --loglevel INFO",
     }
@@ -182,11 +182,15 @@ def run(host: str, port: int) -> int:
     from honcho.manager import Manager
 
     env = development_environment(os.environ)
+    # Settings derive the default PUBLIC_BASE_URL and ALLOWED_HOSTS from these,
+    # so a --port given here reaches them as WEB_PORT would.
+    env["WEB_HOST"], env["WEB_PORT"] = host, str(port)
     VAR_DIR.mkdir(exist_ok=True)
     with redis_for(env, persist=True):
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "seed_demo")
-        print(f"devstack: http://{host}:{port}/admin/  ·  http://{host}:{port}/healthz", flush=True)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"devstack: http://{shown}:{port}/admin/  ·  http://{shown}:{port}/healthz", flush=True)
         manager = Manager()
         for name, command in _processes(env, host, port).items():
             manager.add_process(name, command, env=env, cwd=str(BASE_DIR))

@@ -27,6 +27,40 @@ SIP_LISTEN = CONFIG.sip_listen
 REDIS_URL = CONFIG.redis_url
 VAR_DIR.mkdir(exist_ok=True)
 
+# --- Transport security --------------------------------------------------------
+# HTTPS_ONLY (on unless DEBUG is) makes `manage.py check --deploy` clean: plain
+# HTTP is redirected, cookies travel over HTTPS only, and browsers are told (HSTS)
+# to use nothing else. /healthz and /metrics are exempt from the redirect: load
+# balancers and Prometheus probe them on the private network over plain HTTP.
+SECURE_SSL_REDIRECT = CONFIG.https_only
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = CONFIG.https_only
+CSRF_COOKIE_SECURE = CONFIG.https_only
+SECURE_HSTS_SECONDS = CONFIG.hsts_seconds
+SECURE_HSTS_INCLUDE_SUBDOMAINS = CONFIG.hsts_seconds > 0
+SECURE_HSTS_PRELOAD = CONFIG.hsts_seconds > 0
+# Behind TRUSTED_PROXIES (a TLS-terminating proxy) the request reaches us over
+# HTTP; the proxy's X-Forwarded-Proto says whether the client used HTTPS. Only
+# trust it with a proxy that sets or strips that header on every request.
+TRUSTED_PROXIES = CONFIG.trusted_proxies
+if TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Health and metrics (callops.health, callops.views) --------------------------
+# Details of /healthz (versions, workers, nodes, error texts) go to staff and to
+# `Authorization: Bearer $HEALTH_TOKEN`; /metrics to `Bearer $METRICS_TOKEN` or a
+# client in METRICS_ALLOWED_NETWORKS (default loopback only).
+HEALTH_TOKEN = CONFIG.health_token
+METRICS_TOKEN = CONFIG.metrics_token
+METRICS_ALLOWED_NETWORKS = CONFIG.metrics_networks
+# A report is reused this long (per process and, through Redis, by every process).
+HEALTH_CACHE_SECONDS = 2.0
+# Celery is failing when no worker has stamped its heartbeat for this long
+# (workers stamp every 2 s; see callops.health.WorkerHeartbeat).
+HEALTH_WORKER_MAX_AGE = 10.0
+HEALTH_REDIS_TIMEOUT = 0.5  # seconds, connect and each reply
+HEALTH_DB_TIMEOUT_MS = 1000  # statement timeout of the health query (PostgreSQL)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
