@@ -73,7 +73,6 @@ from callops.models import (
     Client,
     Job,
     JobNote,
-    JobStatus,
 )
 
 logger = logging.getLogger(__name__)
@@ -557,10 +556,12 @@ def _carry_out(effect: Effect, call_sid: str) -> Input:
             job = _job_for_update(client_id, job_number)
             if job is None:
                 return ActionRejected(RejectReason.JOB_GONE)
-            if not job.can_move_to(status):
+            from callops import jobs  # the one way a job changes, recorded in the job's history
+
+            try:
+                jobs.set_status(job, status, by=jobs.ChangedBy.phone(call_sid))
+            except jobs.StatusNotAllowed:
                 return ActionRejected(RejectReason.STATUS_NOT_ALLOWED, compact_job(job))
-            job.status = status
-            job.save(update_fields=["status", "updated_at"])
             logger.info(
                 "call %s set job %s/%s to %s",
                 call_sid,
@@ -588,15 +589,12 @@ def _carry_out(effect: Effect, call_sid: str) -> Input:
             job = _job_for_update(client_id, job_number)
             if job is None:
                 return ActionRejected(RejectReason.JOB_GONE)
-            if job.status in (JobStatus.COMPLETED, JobStatus.CANCELLED):
+            from callops import jobs
+
+            try:  # a pending or on-hold job with a date is scheduled; one in progress stays so
+                jobs.reschedule(job, when, by=jobs.ChangedBy.phone(call_sid))
+            except jobs.JobClosed:
                 return ActionRejected(RejectReason.JOB_CLOSED, compact_job(job))
-            job.scheduled_for = when
-            fields = ["scheduled_for", "updated_at"]
-            # A pending or on-hold job with a date is scheduled; one in progress stays so.
-            if job.status != JobStatus.SCHEDULED and job.can_move_to(JobStatus.SCHEDULED):
-                job.status = JobStatus.SCHEDULED
-                fields.append("status")
-            job.save(update_fields=fields)
             logger.info(
                 "call %s rescheduled job %s/%s to %s",
                 call_sid,
