@@ -13,7 +13,7 @@ from sipcore.sip.errors import (
 from sipcore.sip.headers import CSeq, MediaType, NameAddress, Via
 from sipcore.sip.keys import TransactionKey
 from sipcore.sip.message import Headers, Message, Request, Response, parse_message
-from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot, restore_transaction
+from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot
 from sipcore.sip.stream import StreamError, StreamParser
 from sipcore.sip.transaction import (
     Failure,
@@ -27,6 +27,7 @@ from sipcore.sip.transaction import (
     Transaction,
     TransactionState,
     TransportInfo,
+    restore_transaction,
 )
 from sipcore.sip.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 

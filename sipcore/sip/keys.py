@@ -34,8 +34,10 @@ class TransactionKey:
     Client keys (§17.1.3): the top Via branch and the CSeq method.
     Server keys (§17.2.3): the top Via branch and sent-by, and the method, with
     ACK counted as INVITE. Requests without an RFC 3261 branch fall back to the
-    RFC 2543 rule: Request-URI, From tag, Call-ID, CSeq number and top Via, kept
-    as a digest in ``legacy``.
+    RFC 2543 rule: Request-URI, To tag, From tag, Call-ID, CSeq and top Via (the
+    CSeq method is ``method``), kept as a digest in ``legacy``. An ACK carries the
+    To tag of the response, not of its INVITE: :meth:`server_keys_for` lists the
+    keys it may belong to.
     """
 
     role: Role
@@ -79,7 +81,21 @@ class TransactionKey:
             top_via = via_seeds[0]  # groups: protocol, version, transport, host, port, params
             port = top_via[5] or default_port(top_via[3])
             return cls("server", method, branch=branch or "", sent_by=f"{top_via[4].lower()}:{port}")
-        return cls("server", method, legacy=_rfc2543_digest(request))
+        return cls("server", method, legacy=_rfc2543_digest(request, request.to_tag))
+
+    @classmethod
+    def server_keys_for(cls, request: Request) -> tuple[TransactionKey, ...]:
+        """Every key of a server transaction ``request`` may belong to, in lookup order.
+
+        One key, except for an RFC 2543 ACK (§17.2.3): its To tag is that of the
+        response, which is its INVITE's own To tag for an INVITE inside a dialog,
+        and a tag the INVITE did not carry otherwise. The transaction then checks
+        the ACK's To tag against the response it sent.
+        """
+        key = cls.for_server(request)
+        if request.method != "ACK" or not key.is_rfc2543 or request.to_tag is None:
+            return (key,)
+        return (key, replace(key, legacy=_rfc2543_digest(request, None)))
 
     @classmethod
     def cancelled_by(cls, cancel: Request) -> TransactionKey:
@@ -89,22 +105,22 @@ class TransactionKey:
         return replace(cls.for_server(cancel), method="INVITE")
 
 
-def _rfc2543_digest(request: Request) -> str:
-    """RFC 3261 §17.2.3's fallback: Request-URI, From tag, Call-ID, CSeq number, top Via.
+def _rfc2543_digest(request: Request, to_tag: str | None) -> str:
+    """RFC 3261 §17.2.3's fallback: Request-URI, To tag, From tag, Call-ID, CSeq
+    number and top Via (the CSeq method is the key's ``method``).
 
-    The To tag is left out: an ACK carries the tag of the response, which the
-    transaction checks itself.
+    Each part is length-prefixed, so no two different tuples share a digest input.
     """
     cseq = request.cseq
     via_seeds = request.headers._seeds.get("via") or []
     top_via = via_seeds[0][0] if via_seeds else ""
     parts = (
         request.uri,
+        "" if to_tag is None else f"tag={to_tag}",
         request.from_tag or "",
         request.call_id or "",
         str(cseq.number if cseq else ""),
         top_via,
     )
-    return hashlib.sha1(
-        "\x00".join(parts).encode("utf-8", "surrogateescape"), usedforsecurity=False
-    ).hexdigest()[:32]
+    text = "".join(f"{len(part)}:{part}" for part in parts)
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape"), usedforsecurity=False).hexdigest()[:32]

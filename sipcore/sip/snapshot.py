@@ -1,18 +1,16 @@
-"""Versioned transaction snapshots that restore anywhere and carry on.
+"""Versioned transaction snapshots: plain, immutable data, and their JSON form.
 
-A snapshot is plain, immutable data taken between inputs: the state, the
-request and last response as they travel, every running timer as an absolute
-deadline with its backoff interval, the transport facts and timings. It shares
-nothing mutable with the live transaction.
+A snapshot is taken between inputs: the state, the request and last response as
+they travel, every running timer as an absolute deadline with its backoff
+interval, the transport facts and timings. It shares nothing mutable with the
+live transaction.
 
-Restoring sends nothing. Deadlines that passed while the snapshot was stored
-fire at the first ``handle_timer(now)``, in deadline order, each exactly once
-(a fired timer is not in the snapshot), so nothing fires twice and a stale
-retransmission timer fires once and re-arms from ``now``.
-
-Every restore is checked; a snapshot that does not describe a transaction that
-could exist raises :class:`InvalidSnapshotError` naming the problem. Older
-schema versions are migrated on the way in, one function per version step.
+This module knows the data and its schema, not the machines: it imports nothing
+from :mod:`sipcore.sip.transaction`, which builds snapshots
+(``Transaction.snapshot()``) and restores them (``restore_transaction``), checking
+each against its machine's tables. What can be checked without knowing the
+machine (numbers, schema versions) is checked here by :func:`check_snapshot_data`.
+Older schema versions are migrated on the way in, one function per version step.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,46 +26,11 @@ from typing import Any, Final
 import orjson
 
 from sipcore.sip.errors import InvalidSnapshotError, ParseError
-from sipcore.sip.message import Request, Response, parse_message
-from sipcore.sip.transaction import (
-    TIMER_EVENTS,
-    TRANSACTION_CLASSES,
-    Timer,
-    Timings,
-    Transaction,
-    TransactionState,
-    TransportInfo,
-)
+from sipcore.sip.keys import TransactionKey
+from sipcore.sip.message import Request, parse_message
+from sipcore.sip.timers import MAX_CLOCK, MAX_DEADLINE, Timings, TransportInfo, usable_interval
 
-SCHEMA_VERSION: Final = 2
-
-# Timers each state must have running, by kind, for unreliable and reliable
-# transports (a zero-length timer is never armed: the state is left at once).
-_T = TransactionState
-REQUIRED_TIMERS: Final[dict[str, dict[TransactionState, tuple[frozenset[str], frozenset[str]]]]] = {
-    "invite_client": {
-        _T.CALLING: (frozenset({"A", "B"}), frozenset({"B"})),
-        _T.PROCEEDING: (frozenset({"C"}), frozenset({"C"})),
-        _T.COMPLETED: (frozenset({"D"}), frozenset({"D"})),  # reliable: never Completed (D = 0)
-        _T.ACCEPTED: (frozenset({"M"}), frozenset({"M"})),
-    },
-    "non_invite_client": {
-        _T.TRYING: (frozenset({"E", "F"}), frozenset({"F"})),
-        _T.PROCEEDING: (frozenset({"E", "F"}), frozenset({"F"})),
-        _T.COMPLETED: (frozenset({"K"}), frozenset({"K"})),
-    },
-    "invite_server": {
-        _T.COMPLETED: (frozenset({"G", "H"}), frozenset({"H"})),
-        _T.CONFIRMED: (frozenset({"I"}), frozenset({"I"})),
-        _T.ACCEPTED: (frozenset({"L"}), frozenset({"L"})),
-    },
-    "non_invite_server": {
-        _T.COMPLETED: (frozenset({"J"}), frozenset({"J"})),
-    },
-}
-# States in which the transaction has answered (server) or been answered (client).
-_STATES_WITH_A_RESPONSE: Final = frozenset({_T.COMPLETED, _T.CONFIRMED, _T.ACCEPTED})
-del _T
+SCHEMA_VERSION: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,121 +68,35 @@ class TransactionSnapshot:
         return _from_document(migrate(document))
 
 
-def snapshot_of(tx: Transaction) -> TransactionSnapshot:
-    return TransactionSnapshot(
-        schema_version=SCHEMA_VERSION,
-        kind=tx.KIND,
-        state=tx.state.value,
-        key=str(tx.key),
-        request=_wire_bytes(tx.request),
-        last_response=None if tx.last_response is None else _wire_bytes(tx.last_response),
-        timers=tuple(sorted((name, timer.deadline, timer.interval) for name, timer in tx._timers.items())),
-        transport=tx.transport,
-        timings=tx.timings,
-        created_at=tx.created_at,
-        updated_at=tx.updated_at,
-        version=tx.version,
-    )
-
-
-def _wire_bytes(message: Request | Response) -> bytes:
-    return bytes(message)
-
-
-def restore_transaction(snapshot: TransactionSnapshot, transport: TransportInfo | None = None) -> Transaction:
-    """The transaction ``snapshot`` describes, carrying on from where it was.
-
-    ``transport`` replaces the stored transport facts (restoring on another node);
-    its reliability must match the stored one. Nothing is sent.
-    """
-    cls = TRANSACTION_CLASSES.get(snapshot.kind)
-    if cls is None:
-        raise InvalidSnapshotError(f"unknown transaction kind {snapshot.kind!r}")
+def check_snapshot_data(snapshot: TransactionSnapshot) -> None:
+    """What any snapshot must satisfy, whatever its machine: the current schema, a
+    usable version counter and clock readings, finite deadlines, and intervals that
+    move the clock forward (a timer re-armed from ``now`` is never due at ``now``
+    again, so ``handle_timer`` cannot spin)."""
     if snapshot.schema_version != SCHEMA_VERSION:
         raise InvalidSnapshotError(
             f"snapshot schema version {snapshot.schema_version} is not {SCHEMA_VERSION}; "
             "decode stored snapshots with TransactionSnapshot.from_json, which migrates them"
         )
-    try:
-        state = TransactionState(snapshot.state)
-    except ValueError:
-        raise InvalidSnapshotError(f"unknown state {snapshot.state!r}") from None
-    if state not in cls.STATES:
-        raise InvalidSnapshotError(f"state {state.value} is not a state of {cls.__name__}")
-
-    request = _parse(snapshot.request, "request", Request)
-    try:
-        cls._check_request(request)
-    except ValueError as exc:
-        raise InvalidSnapshotError(f"request method does not fit {cls.__name__}: {exc}") from None
-    key = cls._key_of(request)
-    if snapshot.key != str(key):
-        raise InvalidSnapshotError(f"key {snapshot.key!r} does not match the request's key {str(key)!r}")
-
-    last_response = None
-    if snapshot.last_response is not None:
-        last_response = _parse(snapshot.last_response, "last response", Response)
-        _check_response_matches(last_response, request)
-    elif state in _STATES_WITH_A_RESPONSE:
-        raise InvalidSnapshotError(f"state {state.value} needs the last response, and there is none")
-
-    transport_info = transport or snapshot.transport
-    if transport_info.reliable != snapshot.transport.reliable:
-        raise InvalidSnapshotError(
-            f"the new transport ({transport_info.protocol}) must be as reliable as the stored one "
-            f"({snapshot.transport.protocol}): the timers were armed for it"
-        )
-
-    timers = {name: Timer(deadline, interval) for name, deadline, interval in snapshot.timers}
-    if len(timers) != len(snapshot.timers):
+    if isinstance(snapshot.version, bool) or not isinstance(snapshot.version, int) or snapshot.version < 0:
+        raise InvalidSnapshotError(f"version must be a non-negative integer, got {snapshot.version!r}")
+    for what, value in (("created_at", snapshot.created_at), ("updated_at", snapshot.updated_at)):
+        if not _is_number(value) or not -MAX_CLOCK <= value <= MAX_CLOCK:
+            raise InvalidSnapshotError(f"{what} must be a finite clock reading, got {value!r}")
+    names = [name for name, _, _ in snapshot.timers]
+    if len(set(names)) != len(names):
         raise InvalidSnapshotError("a timer appears twice")
-    required = REQUIRED_TIMERS[cls.KIND].get(state, (frozenset(), frozenset()))[transport_info.reliable]
-    if missing := sorted(required - timers.keys()):
-        raise InvalidSnapshotError(
-            f"state {state.value} needs timer {', '.join(missing)}, which is not running"
-        )
-    handled = cls.events_accepted_in(state)
-    if stray := sorted(name for name in timers if TIMER_EVENTS.get(name) not in handled):
-        raise InvalidSnapshotError(f"timer {', '.join(stray)} cannot run in state {state.value}")
-
-    tx = cls.__new__(cls)
-    tx._setup(
-        request=request,
-        transport=transport_info,
-        timings=snapshot.timings,
-        state=state,
-        created_at=snapshot.created_at,
-        updated_at=snapshot.updated_at,
-        last_response=last_response,
-        timers=timers,
-        version=snapshot.version,
-        key=key,
-    )
-    return tx
+    for name, deadline, interval in snapshot.timers:
+        if not _is_number(deadline) or not -MAX_DEADLINE <= deadline <= MAX_DEADLINE:
+            raise InvalidSnapshotError(f"timer {name} has deadline {deadline!r}, not a finite clock reading")
+        if not usable_interval(interval):
+            raise InvalidSnapshotError(
+                f"timer {name} has interval {interval!r}: intervals are finite and positive"
+            )
 
 
-def _parse(data: bytes, what: str, expected: type) -> Any:
-    try:
-        message = parse_message(data)
-    except ParseError as exc:
-        raise InvalidSnapshotError(f"the stored {what} does not parse: {exc}") from None
-    if not isinstance(message, expected):
-        raise InvalidSnapshotError(f"the stored {what} is not a {expected.__name__.lower()}")
-    return message
-
-
-def _check_response_matches(response: Response, request: Request) -> None:
-    problems = []
-    if response.call_id != request.call_id:
-        problems.append("Call-ID")
-    if response.cseq != request.cseq:
-        problems.append("CSeq")
-    if response.branch != request.branch:
-        problems.append("Via branch")
-    if problems:
-        raise InvalidSnapshotError(
-            f"the last response does not answer the request: {', '.join(problems)} differ"
-        )
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- JSON document ---------------------------------------------------------
@@ -357,7 +235,27 @@ def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
     return migrated
 
 
-MIGRATIONS: Final[dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {1: _v1_to_v2}
+def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
+    """v3 keys RFC 2543 server transactions by the whole RFC 3261 §17.2.3 rule,
+    To tag included: such keys are computed again from the stored request."""
+    migrated = dict(document)
+    migrated["schema"] = 3
+    key = migrated.get("key")
+    if isinstance(key, str) and key.startswith("s|2543|"):
+        try:
+            request = parse_message(_decode_text(migrated["request"]))
+        except (KeyError, ParseError) as exc:
+            raise InvalidSnapshotError(f"the stored request does not parse: {exc}") from None
+        if not isinstance(request, Request):
+            raise InvalidSnapshotError("the stored request is not a request")
+        try:
+            migrated["key"] = str(TransactionKey.for_server(request))
+        except ValueError as exc:
+            raise InvalidSnapshotError(f"the stored request has no transaction key: {exc}") from None
+    return migrated
+
+
+MIGRATIONS: Final[dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(document: dict[str, Any]) -> dict[str, Any]:

@@ -8,40 +8,78 @@ says when to call :meth:`Transaction.handle_timer`, which fires whatever is due
 in deadline order. A timer that fires is gone; a retransmission timer re-arms
 from ``now``.
 
-Each machine is one table ``(state, event) -> handler``. An event its state does
-not accept raises :class:`InvalidTransitionError` naming both; a message that
-does not belong to the transaction raises :class:`TransactionMismatchError`.
+Each machine is one table ``(state, event) -> Transition(action, target)``: the
+action does the side effects (send, arm timers, tell the TU) and the machine
+then moves to ``target``, so the state graph is in the table alone
+(:meth:`Transaction.transitions`). A timer that is zero on reliable transports
+(D, I, J, K) is not armed: its row runs at once, in the same step. An event the
+state does not accept raises :class:`InvalidTransitionError` naming both; a
+message that does not belong to the transaction raises
+:class:`TransactionMismatchError`. ``terminate()`` (the TU is done) is the one
+way out that is not in the tables: it ends any state.
+
+Messages are private: a request given to a constructor, a response given to
+``send_response`` and a message received are copied as they come in;
+``request``, ``last_response`` and each ``Outgoing.message`` are copies. Nothing a
+caller holds can change what the transaction retransmits or snapshots.
 
 Callbacks (register any number, at any time; they run after the transaction has
-finished the step that caused them, in the order the step produced them):
+finished the step that caused them, in the order the step produced them: the
+action's, then the state change):
 
 * ``on_state_changed(fn)``: ``fn(tx, old_state, new_state)`` on every state change.
 * ``on_response(fn)`` (client transactions): ``fn(tx, response)`` for every response
   passed up to the transaction user: each provisional, the first final response,
-  and every 2xx retransmission in Accepted (the TU acknowledges 2xx itself).
+  every 2xx retransmission in Accepted, and a 2xx from another fork after a
+  3xx-6xx (the TU acknowledges every 2xx itself, and ends that dialog, §13.2.2.4).
   Retransmitted non-2xx finals are absorbed (ACKed again) and not passed up.
 * ``on_ack(fn)`` (INVITE server): ``fn(tx, ack)`` when the ACK for a non-2xx final
   response arrives (Completed -> Confirmed), and for an ACK matched in Accepted.
-* ``on_error(fn)``: ``fn(tx, failure)`` when a timeout (Timers B, F, H, or the
-  Proceeding guard) or a transport error ends the transaction.
+* ``on_error(fn)``: ``fn(tx, failure)`` on a timeout or a transport error. Most end
+  the transaction; two do not: the Proceeding guard (the TU should CANCEL; the
+  transaction waits 64*T1 more for the final response, and ACKs it), and a
+  transport error in an INVITE server transaction (RFC 6026 §7.1: it keeps its
+  state). ``tx.terminated`` tells which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from sipcore.sip.builders import make_ack, make_response
-from sipcore.sip.errors import InvalidTransitionError, TransactionMismatchError
+from sipcore.sip.errors import (
+    InvalidSnapshotError,
+    InvalidTransitionError,
+    ParseError,
+    TransactionMismatchError,
+)
 from sipcore.sip.keys import TransactionKey, default_port
-from sipcore.sip.message import Request, Response
+from sipcore.sip.message import Request, Response, parse_message
+from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot, check_snapshot_data
+from sipcore.sip.timers import RELIABLE_TRANSPORTS, Timer, Timings, TransportInfo, check_clock
 
-if TYPE_CHECKING:
-    from sipcore.sip.snapshot import TransactionSnapshot
-
-RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS"})
+__all__ = [
+    "RELIABLE_TRANSPORTS",
+    "TRANSACTION_CLASSES",
+    "Event",
+    "Failure",
+    "InviteClientTransaction",
+    "InviteServerTransaction",
+    "NonInviteClientTransaction",
+    "NonInviteServerTransaction",
+    "Outgoing",
+    "Shape",
+    "Timer",
+    "Timings",
+    "Transaction",
+    "TransactionState",
+    "Transition",
+    "TransportInfo",
+    "restore_transaction",
+]
 
 
 class TransactionState(StrEnum):
@@ -97,51 +135,35 @@ TIMER_EVENTS: dict[str, Event] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """RFC 3261 §17.1.1.1 and Table 4 values, in seconds."""
-
-    t1: float = 0.5  # RTT estimate
-    t2: float = 4.0  # cap on non-INVITE request and INVITE response retransmissions
-    t4: float = 5.0  # how long a message may stay in the network
-    timer_d: float = 32.0  # at least 32 s on unreliable transports (§17.1.1.2)
-    trying_delay: float = 0.2  # send 100 Trying unless the TU answered first (§17.2.1)
-    proceeding_guard: float = 180.0  # like Timer C (§16.6): no INVITE client lives forever
-
-    def __post_init__(self) -> None:
-        for name in ("t1", "t2", "t4", "trying_delay", "proceeding_guard"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Timings.{name} must be positive, got {getattr(self, name)!r}")
-        if self.t2 < self.t1:
-            raise ValueError(f"Timings.t2 ({self.t2}) must not be below t1 ({self.t1})")
-        if self.timer_d < 32.0:
-            raise ValueError(
-                f"Timings.timer_d must be at least 32 s (RFC 3261 §17.1.1.2), got {self.timer_d}"
-            )
-
-    @property
-    def transaction_timeout(self) -> float:
-        """64*T1: Timers B, F, H, J, L and M."""
-        return 64 * self.t1
+def _on_doubling(interval: float, first: float, cap: float) -> bool:
+    """Whether ``interval`` is one of first, 2*first, 4*first... capped at ``cap``."""
+    value = first
+    while value < cap:  # at most log2(MAX_INTERVAL / MIN_INTERVAL) = 44 steps
+        if interval == value:
+            return True
+        value *= 2
+    return interval == cap
 
 
-@dataclass(frozen=True, slots=True)
-class TransportInfo:
-    """The transport facts a transaction needs: reliability and the two addresses."""
-
-    protocol: str
-    reliable: bool
-    local: tuple[str, int]
-    remote: tuple[str, int]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "protocol", self.protocol.upper())
-        object.__setattr__(self, "local", (str(self.local[0]), int(self.local[1])))
-        object.__setattr__(self, "remote", (str(self.remote[0]), int(self.remote[1])))
-        if self.reliable != (self.protocol in RELIABLE_TRANSPORTS):
-            raise ValueError(
-                f"{self.protocol} is {'' if self.protocol in RELIABLE_TRANSPORTS else 'not '}reliable"
-            )
+# The intervals each timer can be armed with (checked on restore): retransmission
+# timers double from T1 (A up to 64*T1, where Timer B has ended the transaction;
+# E and G up to T2), every other timer has one value.
+LEGAL_INTERVALS: dict[str, Callable[[Timings, float], bool]] = {
+    "A": lambda t, v: _on_doubling(v, t.t1, t.transaction_timeout),
+    "B": lambda t, v: v == t.transaction_timeout,
+    "C": lambda t, v: v == t.proceeding_guard,
+    "D": lambda t, v: v == t.timer_d,
+    "E": lambda t, v: _on_doubling(v, t.t1, t.t2),
+    "F": lambda t, v: v == t.transaction_timeout,
+    "G": lambda t, v: _on_doubling(v, t.t1, t.t2),
+    "H": lambda t, v: v == t.transaction_timeout,
+    "I": lambda t, v: v == t.t4,
+    "J": lambda t, v: v == t.transaction_timeout,
+    "K": lambda t, v: v == t.t4,
+    "L": lambda t, v: v == t.transaction_timeout,
+    "M": lambda t, v: v == t.transaction_timeout,
+    "100": lambda t, v: v == t.trying_delay,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,23 +175,57 @@ class Outgoing:
 
 
 @dataclass(frozen=True, slots=True)
-class Timer:
-    deadline: float  # absolute, in the caller's clock (epoch seconds in production)
-    interval: float  # the backoff interval it was armed with
-
-
-@dataclass(frozen=True, slots=True)
 class Failure:
-    """Why a transaction ended without a final exchange: a timeout or a transport error."""
+    """A timeout or a transport error, as the TU hears of it."""
 
     reason: Literal["timeout", "transport"]
     detail: str
 
 
 TransactionT = TypeVar("TransactionT", bound="Transaction")
-# A handler is an unbound method of the machine's class: (tx, now, event data).
-Handler = Callable[[Any, float, object], None]
+# An action is an unbound method of the machine's class: (tx, now, event data).
+Action = Callable[[Any, float, object], None]
+Handler = Action  # the name earlier versions used
 Kind = Literal["invite_client", "non_invite_client", "invite_server", "non_invite_server"]
+ResponseClass = Literal["none", "1xx", "2xx", "3xx-6xx"]
+ANY_RESPONSE: frozenset[ResponseClass] = frozenset({"none", "1xx", "2xx", "3xx-6xx"})
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of a machine's table: ``action`` does the side effects, then the
+    machine is in ``target``."""
+
+    action: Action
+    target: TransactionState
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a transaction holds in one state, for each transport kind: the timers
+    running (None: the state does not last there, its timer being zero) and the
+    classes its last response may have. A restore accepts a snapshot only if it
+    has one of its state's shapes."""
+
+    unreliable: frozenset[str] | None
+    reliable: frozenset[str] | None
+    responses: frozenset[ResponseClass]
+
+
+def _shape(unreliable: str | None, reliable: str | None, responses: str) -> Shape:
+    return Shape(
+        None if unreliable is None else frozenset(unreliable.split()),
+        None if reliable is None else frozenset(reliable.split()),
+        frozenset(responses.split()),  # type: ignore[arg-type]
+    )
+
+
+def _response_class(response: Response | None) -> ResponseClass:
+    if response is None:
+        return "none"
+    if response.status_code < 200:
+        return "1xx"
+    return "2xx" if response.status_code < 300 else "3xx-6xx"
 
 
 @dataclass
@@ -187,14 +243,13 @@ class Transaction:
     ROLE: ClassVar[Literal["client", "server"]]
     INITIAL_STATE: ClassVar[TransactionState]
     STATES: ClassVar[frozenset[TransactionState]]
-    TABLE: ClassVar[dict[tuple[TransactionState, Event], Handler]]
+    TABLE: ClassVar[Mapping[tuple[TransactionState, Event], Transition]]
+    SHAPES: ClassVar[Mapping[TransactionState, tuple[Shape, ...]]]
 
-    request: Request
     transport: TransportInfo
     timings: Timings
     state: TransactionState
     key: TransactionKey
-    last_response: Response | None
     created_at: float
     updated_at: float
     version: int  # grows with every change a restore must see
@@ -202,9 +257,10 @@ class Transaction:
     def __init__(
         self, request: Request, transport: TransportInfo, now: float, timings: Timings | None = None
     ):
+        check_clock(now)
         self._check_request(request)
         self._setup(
-            request=request,
+            request=request.copy(),
             transport=transport,
             timings=timings or Timings(),
             state=self.INITIAL_STATE,
@@ -215,6 +271,7 @@ class Transaction:
             version=0,
         )
         self._start(now)
+        self._run_immediate(now)
         self._notify()
 
     # --- construction ---
@@ -232,17 +289,23 @@ class Transaction:
         timers: dict[str, Timer],
         version: int,
         key: TransactionKey | None = None,
+        request_wire: bytes | None = None,
+        response_wire: bytes | None = None,
     ) -> None:
-        self.request = request
+        """Adopt messages nobody else holds (copied or freshly parsed)."""
+        self._request = request
+        self._request_wire = request_wire
+        self._last_response = last_response
+        self._response_wire = response_wire
         self.transport = transport
         self.timings = timings
         self.state = state
         self.key = key or self._key_of(request)
-        self.last_response = last_response
         self.created_at = created_at
         self.updated_at = updated_at
         self.version = version
         self._timers = dict(timers)
+        self._immediate: list[str] = []
         self._outgoing: list[Outgoing] = []
         self._callbacks = _Callbacks()
         self._notifications: list[tuple[list[Callable[..., object]], tuple[object, ...]]] = []
@@ -252,17 +315,14 @@ class Transaction:
         raise NotImplementedError
 
     @classmethod
+    def transitions(cls) -> tuple[tuple[TransactionState, Event, TransactionState], ...]:
+        """The state graph: one ``(state, event, next state)`` row per table entry."""
+        return tuple((state, event, row.target) for (state, event), row in cls.TABLE.items())
+
+    @classmethod
     def events_accepted_in(cls, state: TransactionState) -> frozenset[Event]:
         """The events this machine's table accepts in ``state``."""
-        cache = cls.__dict__.get("_accepted")
-        if cache is None:
-            cache = {}
-            for table_state, event in cls.TABLE:
-                cache.setdefault(table_state, set()).add(event)
-            cache = {state_: frozenset(events) for state_, events in cache.items()}
-            cls._accepted = cache  # type: ignore[attr-defined]
-        accepted: frozenset[Event] = cache.get(state, frozenset())
-        return accepted
+        return frozenset(event for table_state, event in cls.TABLE if table_state is state)
 
     @classmethod
     def _key_of(cls, request: Request) -> TransactionKey:
@@ -274,6 +334,16 @@ class Transaction:
         """What a new transaction does first (send the request, arm timers)."""
 
     # --- public API ---
+
+    @property
+    def request(self) -> Request:
+        """The request (a copy: changing it changes nothing here)."""
+        return self._request.copy()
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent (server) or received (client), as a copy."""
+        return None if self._last_response is None else self._last_response.copy()
 
     def on_state_changed(self, fn: Callable[..., object]) -> Callable[..., object]:
         self._callbacks.state_changed.append(fn)
@@ -310,26 +380,43 @@ class Transaction:
         return outgoing
 
     def handle_timer(self, now: float) -> None:
-        """Fire every timer due at ``now``, earliest first; timers not yet due stay."""
-        while True:
-            due = [(timer.deadline, name) for name, timer in self._timers.items() if timer.deadline <= now]
+        """Fire every timer due at ``now``, earliest first; timers not yet due stay.
+
+        Each timer fires at most once per call (a retransmission timer re-arms from
+        ``now``). When a timer that ends the transaction is due, the retransmissions
+        also due are dropped: catching up after a restore, a transaction whose
+        timeout fell due while stored ends without sending anything.
+        """
+        check_clock(now)
+        fired: set[str] = set()
+        while self.state is not TransactionState.TERMINATED:
+            due = sorted(
+                (timer.deadline, name)
+                for name, timer in self._timers.items()
+                if timer.deadline <= now and name not in fired
+            )
             if not due:
                 return
-            _, name = min(due)
-            timer = self._timers.pop(name)
-            self._dispatch(TIMER_EVENTS[name], now, timer)
+            if any(self._target_of(name) is TransactionState.TERMINATED for _, name in due):
+                due = [(deadline, name) for deadline, name in due if self._target_of(name) is not self.state]
+            name = due[0][1]
+            fired.add(name)
+            self._dispatch(TIMER_EVENTS[name], now, self._timers.pop(name))
 
     def receive(self, message: Request | Response, now: float) -> None:
         """A message from the network that matched this transaction."""
+        check_clock(now)
         event = self._event_for_network(message)
         self._dispatch(event, now, message)
 
     def transport_error(self, now: float, detail: str = "") -> None:
         """The transport could not send what this transaction queued (§17.1.4, §17.2.4)."""
+        check_clock(now)
         self._dispatch(Event.TRANSPORT_ERROR, now, detail or "transport error")
 
     def terminate(self, now: float) -> None:
         """End the transaction now (its TU is done with it). No-op once terminated."""
+        check_clock(now)
         if self.state is not TransactionState.TERMINATED:
             self._move(TransactionState.TERMINATED)
             self._changed(now)
@@ -340,33 +427,64 @@ class Transaction:
         cls: type[TransactionT], snapshot: TransactionSnapshot, transport: TransportInfo | None = None
     ) -> TransactionT:
         """``restore_transaction`` for a snapshot known to be of this class."""
-        from sipcore.sip.errors import InvalidSnapshotError
-        from sipcore.sip.snapshot import restore_transaction
-
         if snapshot.kind != cls.KIND:
             raise InvalidSnapshotError(f"a {snapshot.kind} snapshot cannot restore a {cls.__name__}")
         tx = restore_transaction(snapshot, transport)
-        assert isinstance(tx, cls)
+        if not isinstance(tx, cls):  # pragma: no cover - TRANSACTION_CLASSES maps kind to class
+            raise InvalidSnapshotError(f"{snapshot.kind} did not restore a {cls.__name__}")
         return tx
 
     def snapshot(self) -> TransactionSnapshot:
         """A consistent, self-contained copy of everything a restore needs (taken between inputs)."""
-        from sipcore.sip.snapshot import snapshot_of  # snapshot.py builds on this module
-
-        return snapshot_of(self)
+        if self._request_wire is None:
+            self._request_wire = bytes(self._request)
+        if self._response_wire is None and self._last_response is not None:
+            self._response_wire = bytes(self._last_response)
+        return TransactionSnapshot(
+            schema_version=SCHEMA_VERSION,
+            kind=self.KIND,
+            state=self.state.value,
+            key=str(self.key),
+            request=self._request_wire,
+            last_response=self._response_wire,
+            timers=tuple(
+                sorted((name, timer.deadline, timer.interval) for name, timer in self._timers.items())
+            ),
+            transport=self.transport,
+            timings=self.timings,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            version=self.version,
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key} {self.state.value}>"
 
     # --- machinery ---
 
+    def _target_of(self, timer_name: str) -> TransactionState | None:
+        row = self.TABLE.get((self.state, TIMER_EVENTS[timer_name]))
+        return None if row is None else row.target
+
     def _dispatch(self, event: Event, now: float, data: object) -> None:
-        handler = self.TABLE.get((self.state, event))
-        if handler is None:
-            raise InvalidTransitionError(type(self).__name__, self.state.value, event.value)
-        handler(self, now, data)
+        self._step(event, now, data)
+        self._run_immediate(now)
         self._changed(now)
         self._notify()
+
+    def _step(self, event: Event, now: float, data: object) -> None:
+        row = self.TABLE.get((self.state, event))
+        if row is None:
+            raise InvalidTransitionError(type(self).__name__, self.state.value, event.value)
+        row.action(self, now, data)
+        if row.target is not self.state:
+            self._move(row.target)
+
+    def _run_immediate(self, now: float) -> None:
+        """Fire the zero-length timers the last step armed (reliable transports)."""
+        while self._immediate:
+            name = self._immediate.pop(0)
+            self._step(TIMER_EVENTS[name], now, Timer(now, 0.0))
 
     def _changed(self, now: float) -> None:
         self.updated_at = now
@@ -382,24 +500,37 @@ class Transaction:
         old, self.state = self.state, state
         if state is TransactionState.TERMINATED:
             self._timers.clear()
+            self._immediate.clear()
         self._notifications.append((self._callbacks.state_changed, (old, state)))
 
     def _arm(self, name: str, interval: float, now: float) -> None:
-        self._timers[name] = Timer(now + interval, interval)
+        if interval == 0:  # a timer that is zero on reliable transports fires in this step
+            self._timers.pop(name, None)
+            self._immediate.append(name)
+        else:
+            self._timers[name] = Timer(now + interval, interval)
 
     def _cancel(self, *names: str) -> None:
         for name in names:
             self._timers.pop(name, None)
 
-    def _fail(self, reason: Literal["timeout", "transport"], detail: str) -> None:
+    def _tell_error(self, reason: Literal["timeout", "transport"], detail: str) -> None:
         self._notifications.append((self._callbacks.error, (Failure(reason, detail),)))
-        self._move(TransactionState.TERMINATED)
 
     def _on_transport_error(self, now: float, detail: object) -> None:
-        self._fail("transport", str(detail))
+        self._tell_error("transport", str(detail))
+
+    def _absorb(self, now: float, data: object) -> None:
+        """Retransmissions and late messages the transaction has no more use for."""
+
+    def _end(self, now: float, timer: object) -> None:
+        """A timer whose only effect is the move to Terminated (D, I, J, K, L, M)."""
 
     def _event_for_network(self, message: Request | Response) -> Event:
         raise NotImplementedError
+
+    def _emit(self, message: Request | Response, destination: tuple[str, int]) -> None:
+        self._outgoing.append(Outgoing(message.copy(), destination))
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +542,7 @@ class _ClientTransaction(Transaction):
     ROLE = "client"
 
     def _send_request(self) -> None:
-        self._outgoing.append(Outgoing(self.request, self.transport.remote))
+        self._emit(self._request, self.transport.remote)
 
     def _event_for_network(self, message: Request | Response) -> Event:
         if not isinstance(message, Response):
@@ -424,11 +555,17 @@ class _ClientTransaction(Transaction):
             return Event.PROVISIONAL
         return Event.SUCCESS if message.status_code < 300 else Event.FAILURE
 
+    def _keep(self, response: object) -> Response:
+        assert isinstance(response, Response)
+        self._last_response = response.copy()
+        self._response_wire = None
+        return response
+
     def _pass_up(self, response: object) -> None:
         self._notifications.append((self._callbacks.response, (response,)))
 
-    def _absorb(self, now: float, data: object) -> None:
-        """Retransmissions the transaction has already handled."""
+    def _store_and_pass_up(self, now: float, response: object) -> None:
+        self._pass_up(self._keep(response))
 
 
 class InviteClientTransaction(_ClientTransaction):
@@ -451,9 +588,9 @@ class InviteClientTransaction(_ClientTransaction):
     @property
     def ack(self) -> Request | None:
         """The ACK this transaction sent for a non-2xx final response (§17.1.1.3)."""
-        if self.last_response is None or self.last_response.status_code < 300:
+        if self._last_response is None or self._last_response.status_code < 300:
             return None
-        return make_ack(self.request, self.last_response)
+        return make_ack(self._request, self._last_response)
 
     def _start(self, now: float) -> None:  # §17.1.1.2
         self._send_request()
@@ -464,79 +601,93 @@ class InviteClientTransaction(_ClientTransaction):
     def _retransmit(self, now: float, timer: object) -> None:  # Timer A doubles each time
         assert isinstance(timer, Timer)
         self._send_request()
-        self._arm("A", timer.interval * 2, now)
+        # Capped at 64*T1, where Timer B has ended the transaction: the interval stays finite.
+        self._arm("A", min(timer.interval * 2, self.timings.transaction_timeout), now)
 
-    def _timeout(self, now: float, timer: object) -> None:  # Timer B
-        self._fail("timeout", "Timer B: no response to the INVITE")
+    def _timeout(self, now: float, timer: object) -> None:  # Timer B in Calling
+        self._tell_error("timeout", "Timer B: no response to the INVITE")
 
     def _guard_expired(self, now: float, timer: object) -> None:
-        # RFC 3261 §16.8 leaves Timer C's outcome to the TU (CANCEL or 408); it
-        # hears of it here, and the transaction ends rather than live forever.
-        self._fail("timeout", "Proceeding guard: no final response (send CANCEL)")
+        # RFC 3261 §16.8 leaves Timer C's outcome to the TU: it hears of it here and
+        # sends CANCEL (§9.1). The transaction stays to ACK the 487 (or whatever
+        # final comes, §17.1.1.2), for at most 64*T1 more: §9.1 lets a client that
+        # has no final response by then consider the INVITE cancelled.
+        self._tell_error("timeout", "Proceeding guard: no final response (send CANCEL)")
+        self._arm("B", self.timings.transaction_timeout, now)
+
+    def _cancelled_timeout(self, now: float, timer: object) -> None:  # Timer B after the guard
+        self._tell_error("timeout", "Timer B: no final response after the Proceeding guard")
+
+    def _first_provisional(self, now: float, response: object) -> None:  # §17.1.1.2
+        self._cancel("A", "B")
+        self._arm("C", self.timings.proceeding_guard, now)
+        self._store_and_pass_up(now, response)
 
     def _provisional(self, now: float, response: object) -> None:
         assert isinstance(response, Response)
-        if self.state is TransactionState.CALLING:
-            self._cancel("A", "B")
-            self._move(TransactionState.PROCEEDING)
+        # §16.7: a provisional other than 100 resets Timer C (not once it has fired).
+        if response.status_code > 100 and "C" in self._timers:
             self._arm("C", self.timings.proceeding_guard, now)
-        elif response.status_code > 100:  # §16.7: a provisional other than 100 resets Timer C
-            self._arm("C", self.timings.proceeding_guard, now)
-        self.last_response = response
-        self._pass_up(response)
+        self._store_and_pass_up(now, response)
 
     def _success(self, now: float, response: object) -> None:  # RFC 6026 §8.4
-        assert isinstance(response, Response)
         self._cancel("A", "B", "C")
-        self.last_response = response
-        self._move(TransactionState.ACCEPTED)
         self._arm("M", self.timings.transaction_timeout, now)
-        self._pass_up(response)
+        self._store_and_pass_up(now, response)
 
     def _failure(self, now: float, response: object) -> None:  # §17.1.1.2
-        assert isinstance(response, Response)
         self._cancel("A", "B", "C")
-        self.last_response = response
-        self._outgoing.append(Outgoing(make_ack(self.request, response), self.transport.remote))
+        final = self._keep(response)
+        self._outgoing.append(Outgoing(make_ack(self._request, final), self.transport.remote))
+        self._pass_up(final)
+        # Timer D is zero on reliable transports (§17.1.1.2).
+        self._arm("D", 0.0 if self.transport.reliable else self.timings.timer_d, now)
+
+    def _ack_again(self, now: float, response: object) -> None:
+        # §17.1.1.2: each final retransmission is ACKed again; a final from another
+        # fork carries its own To tag, and so does its ACK (§17.1.1.3).
+        assert isinstance(response, Response)
+        self._outgoing.append(Outgoing(make_ack(self._request, response), self.transport.remote))
+
+    def _pass_up_only(self, now: float, response: object) -> None:
+        # A 2xx in Accepted (RFC 6026 §8.4), or from another fork after a 3xx-6xx
+        # (the TU ACKs it and ends that dialog with BYE, RFC 3261 §13.2.2.4).
         self._pass_up(response)
-        if self.transport.reliable:  # Timer D is zero on reliable transports
-            self._move(TransactionState.COMPLETED)
-            self._move(TransactionState.TERMINATED)
-        else:
-            self._move(TransactionState.COMPLETED)
-            self._arm("D", self.timings.timer_d, now)
 
-    def _reack(self, now: float, response: object) -> None:  # retransmitted final: ACK again
-        ack = self.ack
-        assert ack is not None
-        self._outgoing.append(Outgoing(ack, self.transport.remote))
-
-    def _accepted_success(self, now: float, response: object) -> None:
-        self._pass_up(response)  # the TU ACKs each 2xx (RFC 6026 §8.4)
-
-    def _end(self, now: float, timer: object) -> None:  # Timers D and M
-        self._move(TransactionState.TERMINATED)
-
-    S, E = TransactionState, Event
-    TABLE: ClassVar[dict[tuple[TransactionState, Event], Handler]] = {
-        (S.CALLING, E.TIMER_A): _retransmit,
-        (S.CALLING, E.TIMER_B): _timeout,
-        (S.CALLING, E.PROVISIONAL): _provisional,
-        (S.CALLING, E.SUCCESS): _success,
-        (S.CALLING, E.FAILURE): _failure,
-        (S.CALLING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.PROCEEDING, E.PROVISIONAL): _provisional,
-        (S.PROCEEDING, E.SUCCESS): _success,
-        (S.PROCEEDING, E.FAILURE): _failure,
-        (S.PROCEEDING, E.TIMER_C): _guard_expired,
-        (S.PROCEEDING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.COMPLETED, E.FAILURE): _reack,
-        (S.COMPLETED, E.TIMER_D): _end,
-        (S.COMPLETED, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.ACCEPTED, E.SUCCESS): _accepted_success,
-        (S.ACCEPTED, E.TIMER_M): _end,
+    S, E, T = TransactionState, Event, Transition
+    TABLE: ClassVar[Mapping[tuple[TransactionState, Event], Transition]] = {
+        (S.CALLING, E.TIMER_A): T(_retransmit, S.CALLING),
+        (S.CALLING, E.TIMER_B): T(_timeout, S.TERMINATED),
+        (S.CALLING, E.PROVISIONAL): T(_first_provisional, S.PROCEEDING),
+        (S.CALLING, E.SUCCESS): T(_success, S.ACCEPTED),
+        (S.CALLING, E.FAILURE): T(_failure, S.COMPLETED),
+        (S.CALLING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),  # §17.1.4
+        (S.PROCEEDING, E.PROVISIONAL): T(_provisional, S.PROCEEDING),
+        (S.PROCEEDING, E.SUCCESS): T(_success, S.ACCEPTED),
+        (S.PROCEEDING, E.FAILURE): T(_failure, S.COMPLETED),
+        (S.PROCEEDING, E.TIMER_C): T(_guard_expired, S.PROCEEDING),
+        (S.PROCEEDING, E.TIMER_B): T(_cancelled_timeout, S.TERMINATED),
+        (S.PROCEEDING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),
+        (S.COMPLETED, E.PROVISIONAL): T(Transaction._absorb, S.COMPLETED),  # late, out of order
+        (S.COMPLETED, E.SUCCESS): T(_pass_up_only, S.COMPLETED),  # another fork's 2xx
+        (S.COMPLETED, E.FAILURE): T(_ack_again, S.COMPLETED),
+        (S.COMPLETED, E.TIMER_D): T(Transaction._end, S.TERMINATED),
+        (S.COMPLETED, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),
+        (S.ACCEPTED, E.PROVISIONAL): T(Transaction._absorb, S.ACCEPTED),
+        (S.ACCEPTED, E.SUCCESS): T(_pass_up_only, S.ACCEPTED),
+        # A 3xx-6xx from another fork after a 2xx: ACKed so its server stops
+        # retransmitting; the 2xx already decided the outcome.
+        (S.ACCEPTED, E.FAILURE): T(_ack_again, S.ACCEPTED),
+        (S.ACCEPTED, E.TIMER_M): T(Transaction._end, S.TERMINATED),
     }
-    del S, E
+    SHAPES: ClassVar[Mapping[TransactionState, tuple[Shape, ...]]] = {
+        S.CALLING: (_shape("A B", "B", "none"),),
+        S.PROCEEDING: (_shape("C", "C", "1xx"), _shape("B", "B", "1xx")),  # B: after the guard
+        S.COMPLETED: (_shape("D", None, "3xx-6xx"),),
+        S.ACCEPTED: (_shape("M", "M", "2xx"),),
+        S.TERMINATED: (Shape(frozenset(), frozenset(), ANY_RESPONSE),),
+    }
+    del S, E, T
 
 
 class NonInviteClientTransaction(_ClientTransaction):
@@ -559,60 +710,52 @@ class NonInviteClientTransaction(_ClientTransaction):
             self._arm("E", self.timings.t1, now)
         self._arm("F", self.timings.transaction_timeout, now)
 
-    def _retransmit(self, now: float, timer: object) -> None:
+    def _retransmit_trying(self, now: float, timer: object) -> None:  # E doubles up to T2
         assert isinstance(timer, Timer)
         self._send_request()
-        # Trying: E doubles up to T2; Proceeding: E is T2 (§17.1.2.2).
-        interval = min(timer.interval * 2, self.timings.t2)
-        if self.state is TransactionState.PROCEEDING:
-            interval = self.timings.t2
-        self._arm("E", interval, now)
+        self._arm("E", min(timer.interval * 2, self.timings.t2), now)
+
+    def _retransmit_proceeding(self, now: float, timer: object) -> None:  # E is T2 (§17.1.2.2)
+        self._send_request()
+        self._arm("E", self.timings.t2, now)
 
     def _timeout(self, now: float, timer: object) -> None:  # Timer F
-        self._fail("timeout", "Timer F: no final response")
-
-    def _provisional(self, now: float, response: object) -> None:
-        assert isinstance(response, Response)
-        self.last_response = response
-        if self.state is TransactionState.TRYING:
-            self._move(TransactionState.PROCEEDING)
-        self._pass_up(response)
+        self._tell_error("timeout", "Timer F: no final response")
 
     def _final(self, now: float, response: object) -> None:
-        assert isinstance(response, Response)
         self._cancel("E", "F")
-        self.last_response = response
-        self._pass_up(response)
-        self._move(TransactionState.COMPLETED)
-        if self.transport.reliable:  # Timer K is zero on reliable transports
-            self._move(TransactionState.TERMINATED)
-        else:
-            self._arm("K", self.timings.t4, now)
+        self._store_and_pass_up(now, response)
+        # Timer K is zero on reliable transports (§17.1.2.2).
+        self._arm("K", 0.0 if self.transport.reliable else self.timings.t4, now)
 
-    def _end(self, now: float, timer: object) -> None:  # Timer K
-        self._move(TransactionState.TERMINATED)
-
-    S, E = TransactionState, Event
-    TABLE: ClassVar[dict[tuple[TransactionState, Event], Handler]] = {
-        (S.TRYING, E.TIMER_E): _retransmit,
-        (S.TRYING, E.TIMER_F): _timeout,
-        (S.TRYING, E.PROVISIONAL): _provisional,
-        (S.TRYING, E.SUCCESS): _final,
-        (S.TRYING, E.FAILURE): _final,
-        (S.TRYING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.PROCEEDING, E.TIMER_E): _retransmit,
-        (S.PROCEEDING, E.TIMER_F): _timeout,
-        (S.PROCEEDING, E.PROVISIONAL): _provisional,
-        (S.PROCEEDING, E.SUCCESS): _final,
-        (S.PROCEEDING, E.FAILURE): _final,
-        (S.PROCEEDING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
+    S, E, T = TransactionState, Event, Transition
+    _provisional = _ClientTransaction._store_and_pass_up
+    TABLE: ClassVar[Mapping[tuple[TransactionState, Event], Transition]] = {
+        (S.TRYING, E.TIMER_E): T(_retransmit_trying, S.TRYING),
+        (S.TRYING, E.TIMER_F): T(_timeout, S.TERMINATED),
+        (S.TRYING, E.PROVISIONAL): T(_provisional, S.PROCEEDING),
+        (S.TRYING, E.SUCCESS): T(_final, S.COMPLETED),
+        (S.TRYING, E.FAILURE): T(_final, S.COMPLETED),
+        (S.TRYING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),  # §17.1.4
+        (S.PROCEEDING, E.TIMER_E): T(_retransmit_proceeding, S.PROCEEDING),
+        (S.PROCEEDING, E.TIMER_F): T(_timeout, S.TERMINATED),
+        (S.PROCEEDING, E.PROVISIONAL): T(_provisional, S.PROCEEDING),
+        (S.PROCEEDING, E.SUCCESS): T(_final, S.COMPLETED),
+        (S.PROCEEDING, E.FAILURE): T(_final, S.COMPLETED),
+        (S.PROCEEDING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),
         # Completed buffers retransmissions of the final response (§17.1.2.2).
-        (S.COMPLETED, E.PROVISIONAL): _ClientTransaction._absorb,
-        (S.COMPLETED, E.SUCCESS): _ClientTransaction._absorb,
-        (S.COMPLETED, E.FAILURE): _ClientTransaction._absorb,
-        (S.COMPLETED, E.TIMER_K): _end,
+        (S.COMPLETED, E.PROVISIONAL): T(Transaction._absorb, S.COMPLETED),
+        (S.COMPLETED, E.SUCCESS): T(Transaction._absorb, S.COMPLETED),
+        (S.COMPLETED, E.FAILURE): T(Transaction._absorb, S.COMPLETED),
+        (S.COMPLETED, E.TIMER_K): T(Transaction._end, S.TERMINATED),
     }
-    del S, E
+    SHAPES: ClassVar[Mapping[TransactionState, tuple[Shape, ...]]] = {
+        S.TRYING: (_shape("E F", "F", "none"),),
+        S.PROCEEDING: (_shape("E F", "F", "1xx"),),
+        S.COMPLETED: (_shape("K", None, "2xx 3xx-6xx"),),
+        S.TERMINATED: (Shape(frozenset(), frozenset(), ANY_RESPONSE),),
+    }
+    del S, E, T
 
 
 # ---------------------------------------------------------------------------
@@ -624,16 +767,17 @@ class _ServerTransaction(Transaction):
     ROLE = "server"
 
     def send_response(self, response: Response, now: float) -> None:
-        """The transaction user answers the request."""
+        """The transaction user answers the request (the response is copied)."""
+        check_clock(now)
         self._check_response(response)
         if response.status_code < 200:
             event = Event.TU_PROVISIONAL
         else:
             event = Event.TU_SUCCESS if response.status_code < 300 else Event.TU_FAILURE
-        self._dispatch(event, now, response)
+        self._dispatch(event, now, response.copy())
 
     def _check_response(self, response: Response) -> None:
-        request = self.request
+        request = self._request
         problems = []
         if response.branch != request.branch or response.sent_by != request.sent_by:
             problems.append("top Via")
@@ -658,22 +802,26 @@ class _ServerTransaction(Transaction):
             raise TransactionMismatchError(
                 f"a server transaction receives requests, not a {message.status_code}"
             )
-        if TransactionKey.for_server(message) != self.key:
-            raise TransactionMismatchError(
-                f"{message.method} with branch {message.branch!r} does not match {self.key}"
-            )
         if message.method == "ACK":
+            if self.key not in TransactionKey.server_keys_for(message):
+                raise TransactionMismatchError(
+                    f"ACK with branch {message.branch!r} does not match {self.key}"
+                )
             if self.key.is_rfc2543:
                 # RFC 3261 §17.2.3: the ACK's To tag must be that of the response sent.
-                last_tag = self.last_response.to_tag if self.last_response else None
+                last_tag = self._last_response.to_tag if self._last_response else None
                 if message.to_tag != last_tag:
                     raise TransactionMismatchError(
                         f"ACK To tag {message.to_tag!r} is not the response's {last_tag!r}"
                     )
             return Event.ACK
-        if message.method != self.request.method:
+        if TransactionKey.for_server(message) != self.key:
             raise TransactionMismatchError(
-                f"{message.method} does not match a {self.request.method} transaction"
+                f"{message.method} with branch {message.branch!r} does not match {self.key}"
+            )
+        if message.method != self._request.method:
+            raise TransactionMismatchError(
+                f"{message.method} does not match a {self._request.method} transaction"
             )
         return Event.REQUEST
 
@@ -681,7 +829,7 @@ class _ServerTransaction(Transaction):
         """Where responses go (RFC 3261 §18.2.2, RFC 3581 for rport)."""
         if self.transport.reliable:
             return self.transport.remote  # back on the connection the request came in on
-        via = self.request.top_via
+        via = self._request.top_via
         assert via is not None
         port = via.port if via.port is not None else default_port(via.transport)
         if via.maddr:
@@ -691,16 +839,20 @@ class _ServerTransaction(Transaction):
         return (via.received or self.transport.remote[0], port)
 
     def _send(self, response: Response) -> None:
-        self.last_response = response
-        self._outgoing.append(Outgoing(response, self.response_destination()))
+        """Send ``response`` (the transaction's own copy) and keep it as the last one."""
+        self._last_response = response
+        self._response_wire = None
+        self._emit(response, self.response_destination())
+
+    def _send_given(self, now: float, response: object) -> None:
+        assert isinstance(response, Response)
+        self._cancel("100")
+        self._send(response)
 
     def _resend_last(self, now: float, data: object) -> None:
         """A retransmitted request: send the last response again, if there is one."""
-        if self.last_response is not None:
-            self._outgoing.append(Outgoing(self.last_response, self.response_destination()))
-
-    def _absorb(self, now: float, data: object) -> None:
-        """Retransmissions and late messages the transaction has no more use for."""
+        if self._last_response is not None:
+            self._emit(self._last_response, self.response_destination())
 
 
 class InviteServerTransaction(_ServerTransaction):
@@ -723,25 +875,14 @@ class InviteServerTransaction(_ServerTransaction):
         self._arm("100", self.timings.trying_delay, now)
 
     def _send_trying(self, now: float, timer: object) -> None:
-        self._send(make_response(self.request, 100))
-
-    def _provisional(self, now: float, response: object) -> None:
-        assert isinstance(response, Response)
-        self._cancel("100")
-        self._send(response)
+        self._send(make_response(self._request, 100))
 
     def _success(self, now: float, response: object) -> None:  # RFC 6026 §7.1
-        assert isinstance(response, Response)
-        self._cancel("100")
-        self._send(response)
-        self._move(TransactionState.ACCEPTED)
+        self._send_given(now, response)
         self._arm("L", self.timings.transaction_timeout, now)
 
     def _failure(self, now: float, response: object) -> None:  # §17.2.1
-        assert isinstance(response, Response)
-        self._cancel("100")
-        self._send(response)
-        self._move(TransactionState.COMPLETED)
+        self._send_given(now, response)
         if not self.transport.reliable:
             self._arm("G", self.timings.t1, now)
         self._arm("H", self.timings.transaction_timeout, now)
@@ -752,50 +893,51 @@ class InviteServerTransaction(_ServerTransaction):
         self._arm("G", min(timer.interval * 2, self.timings.t2), now)
 
     def _ack_timeout(self, now: float, timer: object) -> None:  # Timer H
-        self._fail("timeout", "Timer H: no ACK for the final response")
+        self._tell_error("timeout", "Timer H: no ACK for the final response")
 
     def _confirmed(self, now: float, ack: object) -> None:
         self._cancel("G", "H")
         self._notifications.append((self._callbacks.ack, (ack,)))
-        self._move(TransactionState.CONFIRMED)
-        if self.transport.reliable:  # Timer I is zero on reliable transports
-            self._move(TransactionState.TERMINATED)
-        else:
-            self._arm("I", self.timings.t4, now)
-
-    def _accepted_success(self, now: float, response: object) -> None:
-        assert isinstance(response, Response)
-        self._send(response)  # the TU retransmits its 2xx through Accepted (RFC 6026 §7.1)
+        # Timer I is zero on reliable transports (§17.2.1).
+        self._arm("I", 0.0 if self.transport.reliable else self.timings.t4, now)
 
     def _accepted_ack(self, now: float, ack: object) -> None:
         self._notifications.append((self._callbacks.ack, (ack,)))
 
-    def _end(self, now: float, timer: object) -> None:  # Timers I and L
-        self._move(TransactionState.TERMINATED)
-
-    S, E = TransactionState, Event
-    TABLE: ClassVar[dict[tuple[TransactionState, Event], Handler]] = {
-        (S.PROCEEDING, E.TIMER_100): _send_trying,
-        (S.PROCEEDING, E.REQUEST): _ServerTransaction._resend_last,
-        (S.PROCEEDING, E.TU_PROVISIONAL): _provisional,
-        (S.PROCEEDING, E.TU_SUCCESS): _success,
-        (S.PROCEEDING, E.TU_FAILURE): _failure,
-        (S.PROCEEDING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.COMPLETED, E.TIMER_G): _retransmit_final,
-        (S.COMPLETED, E.TIMER_H): _ack_timeout,
-        (S.COMPLETED, E.REQUEST): _ServerTransaction._resend_last,
-        (S.COMPLETED, E.ACK): _confirmed,
-        (S.COMPLETED, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.CONFIRMED, E.ACK): _ServerTransaction._absorb,
-        (S.CONFIRMED, E.REQUEST): _ServerTransaction._absorb,
-        (S.CONFIRMED, E.TIMER_I): _end,
-        (S.ACCEPTED, E.REQUEST): _ServerTransaction._absorb,  # RFC 6026: absorbed, not answered
-        (S.ACCEPTED, E.TU_SUCCESS): _accepted_success,
-        (S.ACCEPTED, E.ACK): _accepted_ack,
-        (S.ACCEPTED, E.TIMER_L): _end,
-        (S.ACCEPTED, E.TRANSPORT_ERROR): Transaction._on_transport_error,
+    S, E, T = TransactionState, Event, Transition
+    # RFC 6026 §7.1: a transport error while sending a response does not discard
+    # the transaction's state; the TU hears of it and timers end the transaction.
+    TABLE: ClassVar[Mapping[tuple[TransactionState, Event], Transition]] = {
+        (S.PROCEEDING, E.TIMER_100): T(_send_trying, S.PROCEEDING),
+        (S.PROCEEDING, E.REQUEST): T(_ServerTransaction._resend_last, S.PROCEEDING),
+        (S.PROCEEDING, E.TU_PROVISIONAL): T(_ServerTransaction._send_given, S.PROCEEDING),
+        (S.PROCEEDING, E.TU_SUCCESS): T(_success, S.ACCEPTED),
+        (S.PROCEEDING, E.TU_FAILURE): T(_failure, S.COMPLETED),
+        (S.PROCEEDING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.PROCEEDING),
+        (S.COMPLETED, E.TIMER_G): T(_retransmit_final, S.COMPLETED),
+        (S.COMPLETED, E.TIMER_H): T(_ack_timeout, S.TERMINATED),
+        (S.COMPLETED, E.REQUEST): T(_ServerTransaction._resend_last, S.COMPLETED),
+        (S.COMPLETED, E.ACK): T(_confirmed, S.CONFIRMED),
+        (S.COMPLETED, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.COMPLETED),
+        (S.CONFIRMED, E.ACK): T(Transaction._absorb, S.CONFIRMED),
+        (S.CONFIRMED, E.REQUEST): T(Transaction._absorb, S.CONFIRMED),
+        (S.CONFIRMED, E.TIMER_I): T(Transaction._end, S.TERMINATED),
+        (S.ACCEPTED, E.REQUEST): T(Transaction._absorb, S.ACCEPTED),  # RFC 6026: absorbed, not answered
+        # The TU retransmits its 2xx through Accepted (RFC 6026 §7.1).
+        (S.ACCEPTED, E.TU_SUCCESS): T(_ServerTransaction._send_given, S.ACCEPTED),
+        (S.ACCEPTED, E.ACK): T(_accepted_ack, S.ACCEPTED),
+        (S.ACCEPTED, E.TIMER_L): T(Transaction._end, S.TERMINATED),
+        (S.ACCEPTED, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.ACCEPTED),
     }
-    del S, E
+    SHAPES: ClassVar[Mapping[TransactionState, tuple[Shape, ...]]] = {
+        # The 100 Trying timer runs until the first response is sent, and no longer.
+        S.PROCEEDING: (_shape("100", "100", "none"), _shape("", "", "1xx")),
+        S.COMPLETED: (_shape("G H", "H", "3xx-6xx"),),
+        S.CONFIRMED: (_shape("I", None, "3xx-6xx"),),
+        S.ACCEPTED: (_shape("L", "L", "2xx"),),
+        S.TERMINATED: (Shape(frozenset(), frozenset(), ANY_RESPONSE),),
+    }
+    del S, E, T
 
 
 class NonInviteServerTransaction(_ServerTransaction):
@@ -810,44 +952,38 @@ class NonInviteServerTransaction(_ServerTransaction):
         if request.method in ("INVITE", "ACK"):
             raise ValueError(f"a non-INVITE server transaction cannot serve {request.method}")
 
-    def _provisional(self, now: float, response: object) -> None:
-        assert isinstance(response, Response)
-        self._send(response)
-        if self.state is TransactionState.TRYING:
-            self._move(TransactionState.PROCEEDING)
-
     def _final(self, now: float, response: object) -> None:
-        assert isinstance(response, Response)
-        self._send(response)
-        self._move(TransactionState.COMPLETED)
-        if self.transport.reliable:  # Timer J is zero on reliable transports
-            self._move(TransactionState.TERMINATED)
-        else:
-            self._arm("J", self.timings.transaction_timeout, now)
+        self._send_given(now, response)
+        # Timer J is zero on reliable transports (§17.2.2).
+        self._arm("J", 0.0 if self.transport.reliable else self.timings.transaction_timeout, now)
 
-    def _end(self, now: float, timer: object) -> None:  # Timer J
-        self._move(TransactionState.TERMINATED)
-
-    S, E = TransactionState, Event
-    TABLE: ClassVar[dict[tuple[TransactionState, Event], Handler]] = {
-        (S.TRYING, E.REQUEST): _ServerTransaction._absorb,  # nothing to answer with yet
-        (S.TRYING, E.TU_PROVISIONAL): _provisional,
-        (S.TRYING, E.TU_SUCCESS): _final,
-        (S.TRYING, E.TU_FAILURE): _final,
-        (S.TRYING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.PROCEEDING, E.REQUEST): _ServerTransaction._resend_last,
-        (S.PROCEEDING, E.TU_PROVISIONAL): _provisional,
-        (S.PROCEEDING, E.TU_SUCCESS): _final,
-        (S.PROCEEDING, E.TU_FAILURE): _final,
-        (S.PROCEEDING, E.TRANSPORT_ERROR): Transaction._on_transport_error,
-        (S.COMPLETED, E.REQUEST): _ServerTransaction._resend_last,
+    S, E, T = TransactionState, Event, Transition
+    _provisional = _ServerTransaction._send_given
+    TABLE: ClassVar[Mapping[tuple[TransactionState, Event], Transition]] = {
+        (S.TRYING, E.REQUEST): T(Transaction._absorb, S.TRYING),  # nothing to answer with yet
+        (S.TRYING, E.TU_PROVISIONAL): T(_provisional, S.PROCEEDING),
+        (S.TRYING, E.TU_SUCCESS): T(_final, S.COMPLETED),
+        (S.TRYING, E.TU_FAILURE): T(_final, S.COMPLETED),
+        (S.TRYING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),  # §17.2.4
+        (S.PROCEEDING, E.REQUEST): T(_ServerTransaction._resend_last, S.PROCEEDING),
+        (S.PROCEEDING, E.TU_PROVISIONAL): T(_provisional, S.PROCEEDING),
+        (S.PROCEEDING, E.TU_SUCCESS): T(_final, S.COMPLETED),
+        (S.PROCEEDING, E.TU_FAILURE): T(_final, S.COMPLETED),
+        (S.PROCEEDING, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),
+        (S.COMPLETED, E.REQUEST): T(_ServerTransaction._resend_last, S.COMPLETED),
         # §17.2.2: further final responses from the TU are discarded.
-        (S.COMPLETED, E.TU_SUCCESS): _ServerTransaction._absorb,
-        (S.COMPLETED, E.TU_FAILURE): _ServerTransaction._absorb,
-        (S.COMPLETED, E.TIMER_J): _end,
-        (S.COMPLETED, E.TRANSPORT_ERROR): Transaction._on_transport_error,
+        (S.COMPLETED, E.TU_SUCCESS): T(Transaction._absorb, S.COMPLETED),
+        (S.COMPLETED, E.TU_FAILURE): T(Transaction._absorb, S.COMPLETED),
+        (S.COMPLETED, E.TIMER_J): T(Transaction._end, S.TERMINATED),
+        (S.COMPLETED, E.TRANSPORT_ERROR): T(Transaction._on_transport_error, S.TERMINATED),
     }
-    del S, E
+    SHAPES: ClassVar[Mapping[TransactionState, tuple[Shape, ...]]] = {
+        S.TRYING: (_shape("", "", "none"),),
+        S.PROCEEDING: (_shape("", "", "1xx"),),
+        S.COMPLETED: (_shape("J", None, "2xx 3xx-6xx"),),
+        S.TERMINATED: (Shape(frozenset(), frozenset(), ANY_RESPONSE),),
+    }
+    del S, E, T
 
 
 TRANSACTION_CLASSES: dict[str, type[Transaction]] = {
@@ -859,3 +995,139 @@ TRANSACTION_CLASSES: dict[str, type[Transaction]] = {
         NonInviteServerTransaction,
     )
 }
+
+
+# ---------------------------------------------------------------------------
+# Restore: a snapshot back into its machine, checked against the machine's tables
+# ---------------------------------------------------------------------------
+
+
+def restore_transaction(snapshot: TransactionSnapshot, transport: TransportInfo | None = None) -> Transaction:
+    """The transaction ``snapshot`` describes, carrying on from where it was.
+
+    ``transport`` replaces the stored transport facts (restoring on another node);
+    its reliability must match the stored one. Nothing is sent. A snapshot that
+    does not describe a transaction that could exist raises InvalidSnapshotError
+    naming the problem.
+    """
+    cls = TRANSACTION_CLASSES.get(snapshot.kind)
+    if cls is None:
+        raise InvalidSnapshotError(f"unknown transaction kind {snapshot.kind!r}")
+    check_snapshot_data(snapshot)
+    try:
+        state = TransactionState(snapshot.state)
+    except ValueError:
+        raise InvalidSnapshotError(f"unknown state {snapshot.state!r}") from None
+    if state not in cls.STATES:
+        raise InvalidSnapshotError(f"state {state.value} is not a state of {cls.__name__}")
+
+    request = _parse(snapshot.request, "request", Request)
+    try:
+        cls._check_request(request)
+        key = cls._key_of(request)
+    except ValueError as exc:
+        raise InvalidSnapshotError(f"request method does not fit {cls.__name__}: {exc}") from None
+    if snapshot.key != str(key):
+        raise InvalidSnapshotError(f"key {snapshot.key!r} does not match the request's key {str(key)!r}")
+
+    last_response = None
+    if snapshot.last_response is not None:
+        last_response = _parse(snapshot.last_response, "last response", Response)
+        _check_response_matches(last_response, request)
+
+    transport_info = transport or snapshot.transport
+    if transport_info.reliable != snapshot.transport.reliable:
+        raise InvalidSnapshotError(
+            f"the new transport ({transport_info.protocol}) must be as reliable as the stored one "
+            f"({snapshot.transport.protocol}): the timers were armed for it"
+        )
+
+    timers = {name: Timer(deadline, interval) for name, deadline, interval in snapshot.timers}
+    _check_shape(cls, state, last_response, frozenset(timers), transport_info.reliable)
+    for name, timer in sorted(timers.items()):
+        if not LEGAL_INTERVALS[name](snapshot.timings, timer.interval):
+            raise InvalidSnapshotError(
+                f"timer {name} has interval {timer.interval!r}, which these timings never arm it with"
+            )
+
+    tx = cls.__new__(cls)
+    tx._setup(
+        request=request,
+        transport=transport_info,
+        timings=snapshot.timings,
+        state=state,
+        created_at=snapshot.created_at,
+        updated_at=snapshot.updated_at,
+        last_response=last_response,
+        timers=timers,
+        version=snapshot.version,
+        key=key,
+        request_wire=snapshot.request,
+        response_wire=snapshot.last_response,
+    )
+    return tx
+
+
+def _check_shape(
+    cls: type[Transaction],
+    state: TransactionState,
+    response: Response | None,
+    timers: frozenset[str],
+    reliable: bool,
+) -> None:
+    """The snapshot has one of its state's shapes, or the error says how it differs."""
+    shapes = cls.SHAPES[state]
+    response_class = _response_class(response)
+    fitting = [shape for shape in shapes if response_class in shape.responses]
+    if not fitting:
+        allowed = sorted({kind for shape in shapes for kind in shape.responses} - {"none"})
+        if response is None:
+            raise InvalidSnapshotError(
+                f"state {state.value} needs the last response ({' or '.join(allowed)}), and there is none"
+            )
+        what = "no response" if not allowed else f"a {' or '.join(allowed)} response"
+        raise InvalidSnapshotError(
+            f"state {state.value} of {cls.__name__} holds {what}, not a {response.status_code}"
+        )
+    running = [shape.reliable if reliable else shape.unreliable for shape in fitting]
+    if all(expected is None for expected in running):
+        raise InvalidSnapshotError(
+            f"state {state.value} of {cls.__name__} does not last on a reliable transport "
+            "(its timer is zero there)"
+        )
+    candidates = [expected for expected in running if expected is not None]
+    if timers in candidates:
+        return
+    expected = candidates[0]
+    if stray := sorted(timers - frozenset().union(*candidates)):
+        raise InvalidSnapshotError(f"timer {', '.join(stray)} cannot run in state {state.value}")
+    options = " or ".join(", ".join(sorted(option)) for option in candidates)
+    if missing := sorted(expected - timers):
+        raise InvalidSnapshotError(
+            f"state {state.value} needs timer {', '.join(missing)}, which is not running (it runs {options})"
+        )
+    raise InvalidSnapshotError(f"state {state.value} runs timer {options}, not {', '.join(sorted(timers))}")
+
+
+def _parse(data: bytes, what: str, expected: type) -> Any:
+    try:
+        message = parse_message(data)
+    except ParseError as exc:
+        raise InvalidSnapshotError(f"the stored {what} does not parse: {exc}") from None
+    if not isinstance(message, expected):
+        raise InvalidSnapshotError(f"the stored {what} is not a {expected.__name__.lower()}")
+    return message
+
+
+def _check_response_matches(response: Response, request: Request) -> None:
+    problems = []
+    if response.call_id != request.call_id:
+        problems.append("Call-ID")
+    if response.cseq != request.cseq:
+        problems.append("CSeq")
+    if response.branch != request.branch:
+        problems.append("Via branch")
+    if problems:
+        raise InvalidSnapshotError(
+            f"the last response does not answer the request: {', '.join(problems)} differ"
+        )

@@ -71,6 +71,7 @@ INPUTS: dict[str, Callable[[Transaction], None]] = {
 PATHS: dict[tuple[str, str], list[str]] = {
     ("invite_client", "Calling"): [],
     ("invite_client", "Proceeding"): ["1xx"],
+    ("invite_client", "Proceeding/guarded"): ["1xx", "timer C"],  # the Proceeding guard fired
     ("invite_client", "Completed"): ["3xx-6xx"],
     ("invite_client", "Accepted"): ["2xx"],
     ("invite_client", "Terminated"): ["timer B"],
@@ -107,8 +108,8 @@ ERR_T = ("error", "transport", "ICMP port unreachable")
 # client; those are mismatches, tested separately below.
 EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] = {
     ("invite_client", "Calling"): {
-        "1xx": ("Proceeding", [], [("state", "Calling", "Proceeding"), ("response", 180)]),
-        "2xx": ("Accepted", [], [("state", "Calling", "Accepted"), ("response", 200)]),
+        "1xx": ("Proceeding", [], [("response", 180), ("state", "Calling", "Proceeding")]),
+        "2xx": ("Accepted", [], [("response", 200), ("state", "Calling", "Accepted")]),
         "3xx-6xx": ("Completed", [ACK_LINE], [("response", 486), ("state", "Calling", "Completed")]),
         "timer A": ("Calling", [INVITE_LINE], []),
         "timer B": (
@@ -121,13 +122,27 @@ EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] =
     },
     ("invite_client", "Proceeding"): {
         "1xx": ("Proceeding", [], [("response", 180)]),
-        "2xx": ("Accepted", [], [("state", "Proceeding", "Accepted"), ("response", 200)]),
+        "2xx": ("Accepted", [], [("response", 200), ("state", "Proceeding", "Accepted")]),
         "3xx-6xx": ("Completed", [ACK_LINE], [("response", 486), ("state", "Proceeding", "Completed")]),
+        # §16.8: the TU hears of it (and sends CANCEL); the transaction stays for the final.
         "timer C": (
+            "Proceeding",
+            [],
+            [("error", "timeout", "Proceeding guard: no final response (send CANCEL)")],
+        ),
+        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
+    },
+    ("invite_client", "Proceeding/guarded"): {
+        "1xx": ("Proceeding", [], [("response", 180)]),
+        "2xx": ("Accepted", [], [("response", 200), ("state", "Proceeding", "Accepted")]),
+        # The 487 the CANCEL brings is ACKed (§9.1, §17.1.1.2).
+        "3xx-6xx": ("Completed", [ACK_LINE], [("response", 486), ("state", "Proceeding", "Completed")]),
+        "timer B": (
             TERM,
             [],
             [
-                ("error", "timeout", "Proceeding guard: no final response (send CANCEL)"),
+                ("error", "timeout", "Timer B: no final response after the Proceeding guard"),
                 ("state", "Proceeding", TERM),
             ],
         ),
@@ -135,19 +150,23 @@ EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] =
         "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
     },
     ("invite_client", "Completed"): {
+        "1xx": ("Completed", [], []),  # late, out of order: absorbed
+        "2xx": ("Completed", [], [("response", 200)]),  # another fork's: to the TU (§13.2.2.4)
         "3xx-6xx": ("Completed", [ACK_LINE], []),  # absorbed: ACKed again, not passed up
         "timer D": (TERM, [], [("state", "Completed", TERM)]),
         "transport error": (TERM, [], [ERR_T, ("state", "Completed", TERM)]),
         "terminate": (TERM, [], [("state", "Completed", TERM)]),
     },
     ("invite_client", "Accepted"): {
+        "1xx": ("Accepted", [], []),  # late: absorbed
         "2xx": ("Accepted", [], [("response", 200)]),  # RFC 6026: each 2xx to the TU
+        "3xx-6xx": ("Accepted", [ACK_LINE], []),  # another fork's final: ACKed, not passed up
         "timer M": (TERM, [], [("state", "Accepted", TERM)]),
         "terminate": (TERM, [], [("state", "Accepted", TERM)]),
     },
     ("invite_client", "Terminated"): {"terminate": (TERM, [], [])},
     ("non_invite_client", "Trying"): {
-        "1xx": ("Proceeding", [], [("state", "Trying", "Proceeding"), ("response", 180)]),
+        "1xx": ("Proceeding", [], [("response", 180), ("state", "Trying", "Proceeding")]),
         "2xx": ("Completed", [], [("response", 200), ("state", "Trying", "Completed")]),
         "3xx-6xx": ("Completed", [], [("response", 486), ("state", "Trying", "Completed")]),
         "timer E": ("Trying", [OPTIONS_LINE], []),
@@ -187,7 +206,7 @@ EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] =
         "tu 3xx-6xx": ("Completed", [R486], [("state", "Proceeding", "Completed")]),
         "request": ("Proceeding", [], []),  # nothing sent yet: nothing to repeat
         "timer 100": ("Proceeding", [R100], []),
-        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "transport error": ("Proceeding", [], [ERR_T]),  # RFC 6026 §7.1: state kept
         "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
     },
     ("invite_server", "Proceeding/answered"): {
@@ -195,7 +214,7 @@ EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] =
         "tu 2xx": ("Accepted", [R200], [("state", "Proceeding", "Accepted")]),
         "tu 3xx-6xx": ("Completed", [R486], [("state", "Proceeding", "Completed")]),
         "request": ("Proceeding", [R180], []),  # the last provisional again
-        "transport error": (TERM, [], [ERR_T, ("state", "Proceeding", TERM)]),
+        "transport error": ("Proceeding", [], [ERR_T]),  # RFC 6026 §7.1: state kept
         "terminate": (TERM, [], [("state", "Proceeding", TERM)]),
     },
     ("invite_server", "Completed"): {
@@ -207,7 +226,7 @@ EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] =
             [],
             [("error", "timeout", "Timer H: no ACK for the final response"), ("state", "Completed", TERM)],
         ),
-        "transport error": (TERM, [], [ERR_T, ("state", "Completed", TERM)]),
+        "transport error": ("Completed", [], [ERR_T]),  # RFC 6026 §7.1: state kept
         "terminate": (TERM, [], [("state", "Completed", TERM)]),
     },
     ("invite_server", "Confirmed"): {
@@ -221,7 +240,7 @@ EXPECTED: dict[tuple[str, str], dict[str, tuple[str, list[str], list[tuple]]]] =
         "tu 2xx": ("Accepted", [R200], []),  # the TU's 2xx retransmission goes out
         "ack": ("Accepted", [], [("ack", "ACK", 1)]),
         "timer L": (TERM, [], [("state", "Accepted", TERM)]),
-        "transport error": (TERM, [], [ERR_T, ("state", "Accepted", TERM)]),
+        "transport error": ("Accepted", [], [ERR_T]),  # RFC 6026 §7.1: state kept
         "terminate": (TERM, [], [("state", "Accepted", TERM)]),
     },
     ("invite_server", "Terminated"): {"terminate": (TERM, [], [])},

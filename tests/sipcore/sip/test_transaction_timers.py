@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipcore.sip import InviteClientTransaction, InviteServerTransaction, Timings, TransactionState
+from sipcore.sip import InviteClientTransaction, InviteServerTransaction, Timer, Timings, TransactionState
 from tests.sipcore.sip.support import (
     TCP,
     UDP,
@@ -177,7 +177,7 @@ def test_timer_l_and_m_keep_accepted_for_64_t1(transport):
         assert (tx.state, tx.updated_at) == (TransactionState.TERMINATED, 33.0)
 
 
-def test_proceeding_guard_ends_a_stuck_invite_client_and_is_reset_by_ringing():
+def test_proceeding_guard_tells_the_tu_and_is_reset_by_ringing():
     tx = new_transaction("invite_client", UDP)
     recorder = Recorder().attach(tx)
     tx.receive(response(tx.request, 100), now=1.0)
@@ -187,9 +187,37 @@ def test_proceeding_guard_ends_a_stuck_invite_client_and_is_reset_by_ringing():
     assert tx.timers["C"].deadline == 181.0  # a 100 does not reset it
     tx.receive(response(tx.request, 180), now=60.0)
     assert tx.timers["C"].deadline == 240.0  # a provisional other than 100 does (RFC 3261 §16.7)
+    recorder.events.clear()
+    run_timers(tx, until=240.0)
+    # The TU hears of it (it sends CANCEL); the transaction waits 64*T1 for the final.
+    assert recorder.events == [("error", "timeout", "Proceeding guard: no final response (send CANCEL)")]
+    assert (tx.state, tx.timers) == (TransactionState.PROCEEDING, {"B": Timer(272.0, 32.0)})
+    tx.receive(response(tx.request, 183), now=241.0)
+    assert tx.timers == {"B": Timer(272.0, 32.0)}  # no second guard once it fired
     run_timers(tx, until=1000)
-    assert (tx.state, tx.updated_at) == (TransactionState.TERMINATED, 240.0)
-    assert ("error", "timeout", "Proceeding guard: no final response (send CANCEL)") in recorder.events
+    assert (tx.state, tx.updated_at) == (TransactionState.TERMINATED, 272.0)
+    assert recorder.events[-2:] == [
+        ("error", "timeout", "Timer B: no final response after the Proceeding guard"),
+        ("state", "Proceeding", "Terminated"),
+    ]
+
+
+def test_after_the_guard_the_487_to_the_cancel_is_acked():
+    """RFC 3261 §9.1, §17.1.1.2: the TU cancels when the guard fires; the 487 that
+    follows is ACKed by the INVITE transaction, which then completes."""
+    net = Network.start("invite")
+    client_events = Recorder().attach(net.client)
+    net.server.send_response(response(net.server.request, 180), now=0.1)
+    net.flush(0.1)
+    assert net.client.state is TransactionState.PROCEEDING
+    run_timers(net.client, until=180.1)
+    assert net.client.state is TransactionState.PROCEEDING
+    assert ("error", "timeout", "Proceeding guard: no final response (send CANCEL)") in client_events.events
+    net.server.send_response(response(net.server.request, 487), now=181.0)  # the UAS got the CANCEL
+    net.flush(181.0)
+    assert net.delivered[-2:] == ["SIP/2.0 487 Request Terminated", "ACK sip:bob@biloxi.example.com SIP/2.0"]
+    assert (net.client.state, net.server.state) == (TransactionState.COMPLETED, TransactionState.CONFIRMED)
+    assert client_events.events[-2:] == [("response", 487), ("state", "Proceeding", "Completed")]
 
 
 def test_a_whole_lossy_invite_exchange_over_a_fake_network():
@@ -224,7 +252,7 @@ def test_a_whole_lossy_invite_exchange_over_a_fake_network():
     net.flush(4.5)
     assert net.delivered[-2:] == ["SIP/2.0 486 Busy Here", "ACK sip:bob@biloxi.example.com SIP/2.0"]
     assert (net.client.state, net.server.state) == (TransactionState.COMPLETED, TransactionState.CONFIRMED)
-    assert client_events.events == [("state", "Calling", "Proceeding"), ("response", 100), ("response", 486),
+    assert client_events.events == [("response", 100), ("state", "Calling", "Proceeding"), ("response", 486),
                                      ("state", "Proceeding", "Completed")]  # fmt: skip
     assert server_events.events == [("state", "Proceeding", "Completed"), ("ack", "ACK", 1),
                                     ("state", "Completed", "Confirmed")]  # fmt: skip
