@@ -102,8 +102,15 @@ class _Triggers:
             )
             schema_editor.execute(f"DROP FUNCTION IF EXISTS {quote(self._name('refuse'))}()")
         else:
-            for kind in ("update", "delete", "replace"):
-                schema_editor.execute(f"DROP TRIGGER IF EXISTS {quote(self._name(kind))}")
+            with schema_editor.connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'trigger' AND tbl_name = %s AND name LIKE %s",
+                    [self.table, f"{self.table}_append_only_%"],
+                )
+                names = [name for (name,) in cursor.fetchall()]
+            for name in names:
+                schema_editor.execute(f"DROP TRIGGER IF EXISTS {quote(name)}")
 
     def _name(self, kind: str) -> str:
         return f"{self.table}_append_only_{kind}"
@@ -149,16 +156,8 @@ $$""",
             gate += f" OR (p.table_name = '{self.table}' AND OLD.{quote(self.prune_column)} < p.before)"
         with schema_editor.connection.cursor() as cursor:
             constraints = schema_editor.connection.introspection.get_constraints(cursor, self.table)
-        unique_sets = [spec["columns"] for spec in constraints.values() if spec["unique"] and spec["columns"]]
-        # INSERT OR REPLACE deletes the row it conflicts with without firing DELETE
-        # triggers (unless recursive_triggers is on), so an INSERT that would meet an
-        # existing row is refused before it gets there. This also covers SQLite's
-        # upsert (ON CONFLICT DO UPDATE).
-        clashes = " OR ".join(
-            "EXISTS (SELECT 1 FROM {t} WHERE {cond})".format(  # noqa: S608 - quoted identifiers
-                t=table, cond=" AND ".join(f"{quote(c)} = NEW.{quote(c)}" for c in columns)
-            )
-            for columns in unique_sets
+        unique_sets = sorted(
+            {tuple(spec["columns"]) for spec in constraints.values() if spec["unique"] and spec["columns"]}
         )
         statements = [
             f"CREATE TABLE IF NOT EXISTS {quote(SQLITE_PERMIT_TABLE)} ("
@@ -169,11 +168,19 @@ $$""",
             f"WHEN NOT EXISTS (SELECT 1 FROM {quote(SQLITE_PERMIT_TABLE)} p WHERE {gate}) "
             f"BEGIN SELECT RAISE(ABORT, '{_refusal(self.table, 'DELETE')}'); END",
         ]
-        if clashes:
-            refusal = _refusal(self.table, "an INSERT over an existing row (same key)")
+        # INSERT OR REPLACE deletes the row it conflicts with without firing DELETE
+        # triggers (unless recursive_triggers is on), so an INSERT that would meet an
+        # existing row on any unique key is refused before it gets there; this also
+        # stops SQLite's upsert (ON CONFLICT DO UPDATE). The message starts as SQLite's
+        # own for that key, so code that tells a duplicate key by it still does.
+        for columns in unique_sets:
+            match = " AND ".join(f"{quote(c)} = NEW.{quote(c)}" for c in columns)
+            native = "UNIQUE constraint failed: " + ", ".join(f"{self.table}.{c}" for c in columns)
+            refusal = f"{native} ({_refusal(self.table, 'an INSERT over an existing row')})"
             statements.append(
-                f"CREATE TRIGGER IF NOT EXISTS {quote(self._name('replace'))} BEFORE INSERT ON {table} "
-                f"WHEN {clashes} BEGIN SELECT RAISE(ABORT, '{refusal}'); END"
+                f"CREATE TRIGGER IF NOT EXISTS {quote(self._name('unique_' + '_'.join(columns)))} "  # noqa: S608
+                f"BEFORE INSERT ON {table} WHEN EXISTS (SELECT 1 FROM {table} WHERE {match}) "
+                f"BEGIN SELECT RAISE(ABORT, '{refusal}'); END"
             )
         return statements
 

@@ -5,6 +5,7 @@ Runs on the database the suite runs on: PostgreSQL in CI, SQLite in the smoke ru
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -175,6 +176,47 @@ def test_every_audit_model_has_the_triggers():
             assert f"{table}_append_only_trigger" in names, table
         else:
             assert {f"{table}_append_only_update", f"{table}_append_only_delete"} <= names, table
+
+
+def test_a_duplicate_key_reads_as_the_database_says_it():
+    """Code tells a concurrent writer (same call and sequence) from other errors by the
+    database's own words; the SQLite trigger that stops INSERT OR REPLACE keeps them."""
+    snapshot()
+    native = {
+        "postgresql": "call_state_sequence_unique_per_call",
+        "sqlite": "UNIQUE constraint failed: callops_callstatesnapshot.call_sid, callops_callstatesnapshot.sequence",
+    }[connection.vendor]
+    with pytest.raises(IntegrityError, match=re.escape(native)), transaction.atomic():
+        snapshot()
+
+
+class _Editor:
+    """What the migration operation is given, over the test's own connection and transaction."""
+
+    connection = connection
+
+    def quote_name(self, name: str) -> str:
+        return connection.ops.quote_name(name)
+
+    def execute(self, sql: str, params=None) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+def test_the_migration_operation_installs_removes_and_reinstalls():
+    from callops.audit_db import _Triggers
+
+    row = snapshot()
+    triggers = _Triggers("callops_callstatesnapshot", "recorded_at")
+    triggers.remove(None, _Editor())
+    assert not triggers_on("callops_callstatesnapshot")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE callops_callstatesnapshot SET stage = 'unguarded'")
+    triggers.install(None, _Editor())
+    triggers.install(None, _Editor())  # twice is once
+    with refused(), connection.cursor() as cursor:
+        cursor.execute("UPDATE callops_callstatesnapshot SET stage = 'x'")
+    assert as_stored(row)["stage"] == "unguarded"
 
 
 # --- the one way to delete: prune_audit ---------------------------------------------------------------
