@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from callops.models import Client, Job, JobStatus
+from sipcore.models import DialPlanRule
 
 DEMO_CLIENTS = [
     ("1001", "Hospital Santa Fe", "+525550001001"),
@@ -54,11 +55,15 @@ class Command(BaseCommand):
             )
             created_jobs += created
 
+        created_rules = DialPlanRule.seed()
+
         password = password or secrets.token_urlsafe(12)
         user, _ = get_user_model().objects.get_or_create(username=username)
         user.is_staff = user.is_superuser = True
         user.set_password(password)
         user.save()
 
-        self.stdout.write(f"demo data: {len(clients)} clients, {created_jobs} new jobs")
+        self.stdout.write(
+            f"demo data: {len(clients)} clients, {created_jobs} new jobs, {created_rules} new dial plan rules"
+        )
         self.stdout.write(self.style.SUCCESS(f"staff login: username={username} password={password}"))

@@ -1,0 +1,666 @@
+"""The transaction layer of a SIP node: match, create, drive timers, commit, send.
+
+Data flows one way (DESIGN.md, "The SIP node")::
+
+    transport -> TransactionLayer.message_received -> transaction.receive / the TU
+    transaction changed -> dirty set -> commit (store seam, once per loop turn) -> send
+
+* Matching: requests by their server key (RFC 3261 §17.2.3, an ACK counted as
+  INVITE), responses by their client key (§17.1.3). A CANCEL matching no
+  transaction of its own gets one, and the TU hears of it with the INVITE it
+  cancels (§9.2). Stray responses and ACKs that match nothing (the ACK of a 2xx
+  is its own transaction, §17.1.1.3) go to the TU.
+* Timers: one :class:`DeadlineScheduler` holds every transaction's (and the
+  TU's timed objects') ``next_deadline()`` in a heap, with one asyncio timer
+  handle for the earliest; a fired timer is gone from its transaction, so it
+  cannot fire twice.
+* The store seam: every change marks the transaction dirty. Once per loop turn
+  the layer drains what the dirty transactions queued to send, hands the
+  transactions to ``store.commit`` and puts their messages on the wire only
+  after it returns (store before send). A transaction the store refuses
+  (fenced by another owner) is dropped and sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sipcore.sip import (
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Outgoing,
+    ParseError,
+    Request,
+    Response,
+    Timings,
+    Transaction,
+    TransactionKey,
+    TransportInfo,
+    parse_message,
+)
+
+if TYPE_CHECKING:
+    from sipcore.metrics import NodeMetrics
+    from sipcore.transport import Transport
+
+log = logging.getLogger("sipcore.node")
+
+Address = tuple[str, int]
+
+
+class Timed(Protocol):
+    """Anything the scheduler serves: a transaction, or a timed object of the TU."""
+
+    def next_deadline(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from: the transport it arrived on and the peer's address."""
+
+    transport: Transport
+    remote: Address
+
+    def transport_info(self) -> TransportInfo:
+        return self.transport.info_for(self.remote)
+
+
+class TransactionUser(Protocol):
+    """The core above the layer (UAS core, client endpoint)."""
+
+    def request_received(self, request: Request, source: Source, now: float) -> None:
+        """A request matching no transaction (not an ACK): answer statelessly or create one."""
+
+    def ack_received(self, ack: Request, source: Source, now: float) -> None:
+        """An ACK matching no transaction: the ACK of a 2xx (§13.3.1.4), or a stray."""
+
+    def cancel_received(
+        self, cancel_tx: NonInviteServerTransaction, invite_tx: Transaction, now: float
+    ) -> None:
+        """A new CANCEL, with its own transaction, for a live INVITE server transaction (§9.2)."""
+
+    def response_received(self, response: Response, source: Source, now: float) -> None:
+        """A response matching no client transaction (a 2xx retransmission, a stray)."""
+
+    def transaction_terminated(self, tx: Transaction, now: float) -> None:
+        """``tx`` ended and left the layer."""
+
+
+CommitResult = Collection[Transaction] | Awaitable[Collection[Transaction]]
+
+
+class TransactionStore(Protocol):
+    """The seam between "a transaction changed" and "its messages go on the wire".
+
+    ``commit`` receives the transactions that changed during one loop turn (a
+    terminated one included, so a store can delete it) and returns the ones it
+    refused to store (another owner holds them); their messages are not sent.
+    It may be a coroutine: the layer awaits it, keeping commits in order.
+    """
+
+    def commit(self, changed: Sequence[Transaction], now: float) -> CommitResult: ...
+
+
+class MemoryStore:
+    """Persistence off: transactions live in the node's memory only."""
+
+    def commit(self, changed: Sequence[Transaction], now: float) -> CommitResult:
+        return ()
+
+
+class DeadlineScheduler:
+    """One asyncio timer for every deadline: a heap with lazy invalidation.
+
+    ``update(item)`` records the item's current ``next_deadline()``; an older
+    heap entry for it is stale and skipped when it surfaces. Only when the
+    earliest deadline moves earlier is the single timer handle re-armed.
+    Deadlines are in ``clock()`` time (epoch seconds, so they mean the same to
+    every node); the handle is armed in the loop's monotonic time.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        fire: Callable[[Timed, float], None],
+        on_lateness: Callable[[float], None] | None = None,
+    ):
+        self._loop = loop
+        self._clock = clock
+        self._fire = fire
+        self._on_lateness = on_lateness
+        self._heap: list[tuple[float, int, Timed]] = []
+        self._armed: dict[Timed, float] = {}
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_at = float("inf")
+
+    def __len__(self) -> int:
+        return len(self._armed)
+
+    def update(self, item: Timed) -> None:
+        deadline = item.next_deadline()
+        if deadline is None:
+            self._armed.pop(item, None)
+            return
+        if self._armed.get(item) == deadline:
+            return
+        self._armed[item] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._seq), item))
+        if deadline < self._handle_at:
+            self._arm(deadline)
+        if len(self._heap) > 2 * len(self._armed) + 1024:
+            self._compact()
+
+    def forget(self, item: Timed) -> None:
+        self._armed.pop(item, None)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _compact(self) -> None:
+        armed = self._armed
+        self._heap = [entry for entry in self._heap if armed.get(entry[2]) == entry[0]]
+        heapq.heapify(self._heap)
+
+    def _arm(self, deadline: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle_at = deadline
+        delay = max(0.0, deadline - self._clock())
+        self._handle = self._loop.call_at(self._loop.time() + delay, self._run)
+
+    def _run(self) -> None:
+        self._handle, self._handle_at = None, float("inf")
+        now = self._clock()
+        heap, armed = self._heap, self._armed
+        while heap and heap[0][0] <= now:
+            deadline, _, item = heapq.heappop(heap)
+            if armed.get(item) != deadline:
+                continue  # stale: the item moved or left
+            del armed[item]
+            if self._on_lateness is not None:
+                self._on_lateness(now - deadline)
+            self._fire(item, now)
+        while heap and armed.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0][0])
+
+
+class TransactionLayer:
+    """Transactions of one node, by key; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        timings: Timings | None = None,
+        store: TransactionStore | None = None,
+        clock: Callable[[], float] = time.time,
+        loop: asyncio.AbstractEventLoop | None = None,
+        metrics: NodeMetrics | None = None,
+    ):
+        self.timings = timings or Timings()
+        self.store: TransactionStore = store or MemoryStore()
+        self.clock = clock
+        self.loop = loop or asyncio.get_running_loop()
+        self.metrics = metrics
+        self.core: TransactionUser | None = None
+        self.server: dict[TransactionKey, Transaction] = {}
+        self.client: dict[TransactionKey, Transaction] = {}
+        # §8.2.2.2: (Call-ID, From tag, CSeq) of each live server transaction, to spot merged requests.
+        self._origins: dict[tuple[str | None, str | None, int, str], Transaction] = {}
+        self._transports: dict[tuple[str, Address], Transport] = {}
+        self._sent: dict[Transaction, set[int]] = {}
+        self._dirty: dict[Transaction, None] = {}
+        self._flush_scheduled = False
+        self._commit_tail: asyncio.Future[None] | None = None
+        self.accepting = True  # False while draining: new requests are dropped
+        self.scheduler = DeadlineScheduler(
+            self.loop, clock, self._fire, metrics.timer_lateness.observe if metrics else None
+        )
+
+    # --- wiring ---
+
+    def attach(self, core: TransactionUser) -> None:
+        self.core = core
+
+    def add_transport(self, transport: Transport) -> None:
+        self._transports[(transport.protocol, transport.local)] = transport
+
+    def transport_for(self, info: TransportInfo) -> Transport | None:
+        return self._transports.get((info.protocol, info.local))
+
+    @property
+    def transports(self) -> list[Transport]:
+        return list(self._transports.values())
+
+    def live(self) -> int:
+        return len(self.server) + len(self.client)
+
+    # --- inbound ---
+
+    def datagram_received(self, data: bytes, transport: Transport, remote: Address) -> None:
+        if not data.strip(b"\r\n"):
+            return  # RFC 5626 §3.5.1 keep-alive (CRLF): nothing to parse
+        try:
+            message = parse_message(data)
+        except ParseError as exc:
+            self.refuse_unparseable(data, exc, transport, remote)
+            return
+        self.message_received(message, transport, remote)
+
+    def message_received(self, message: Request | Response, transport: Transport, remote: Address) -> None:
+        now = self.clock()
+        metrics = self.metrics
+        try:
+            if type(message) is Request:
+                if metrics is not None:
+                    metrics.message_in(message.method, None)
+                self._request(message, Source(transport, remote), now)
+            else:
+                assert isinstance(message, Response)
+                if metrics is not None:
+                    metrics.message_in(_cseq_method(message), message.status_code)
+                self._response(message, Source(transport, remote), now)
+        except Exception:  # a peer's message must never take the node down
+            log.exception("error handling a message from %s", remote)
+            if metrics is not None:
+                metrics.dropped("internal_error")
+
+    def _request(self, request: Request, source: Source, now: float) -> None:
+        key = TransactionKey.for_server(request)
+        tx = self.server.get(key)
+        if tx is not None:
+            tx.receive(request, now)  # a retransmission, or the ACK of a non-2xx final (§17.2.1)
+            self._touch(tx)
+            return
+        core = self.core
+        assert core is not None, "attach() a transaction user first"
+        if request.method == "ACK":
+            core.ack_received(request, source, now)
+            return
+        if not self.accepting:
+            self.drop("draining", source.remote, request)
+            return
+        if request.method == "CANCEL":  # §9.2
+            invite = self.server.get(TransactionKey.cancelled_by(request))
+            if invite is not None:
+                cancel_tx = self.create_server_transaction(request, source, now)
+                assert isinstance(cancel_tx, NonInviteServerTransaction)
+                core.cancel_received(cancel_tx, invite, now)
+                return
+        core.request_received(request, source, now)
+
+    def _response(self, response: Response, source: Source, now: float) -> None:
+        if response.cseq is None:
+            self.drop("no_cseq", source.remote, response)
+            return
+        tx = self.client.get(TransactionKey.for_client(response))
+        if tx is None:
+            assert self.core is not None
+            self.core.response_received(response, source, now)
+            return
+        tx.receive(response, now)
+        self._touch(tx)
+
+    # --- what the TU calls ---
+
+    def merged_with(self, request: Request) -> Transaction | None:
+        """A live server transaction with this request's Call-ID, From tag and CSeq (§8.2.2.2)."""
+        cseq = request.cseq
+        if cseq is None:
+            return None
+        return self._origins.get((request.call_id, request.from_tag, cseq.number, cseq.method))
+
+    def create_server_transaction(self, request: Request, source: Source, now: float) -> Transaction:
+        info = source.transport_info()
+        tx: Transaction
+        if request.method == "INVITE":
+            tx = InviteServerTransaction(request, info, now, self.timings)
+        else:
+            tx = NonInviteServerTransaction(request, info, now, self.timings)
+        self.server[tx.key] = tx
+        cseq = request.cseq
+        assert cseq is not None
+        self._origins[(request.call_id, request.from_tag, cseq.number, cseq.method)] = tx
+        self._touch(tx)
+        return tx
+
+    def respond(self, tx: Transaction, response: Response, now: float) -> None:
+        """The TU answers through a server transaction."""
+        assert isinstance(tx, InviteServerTransaction | NonInviteServerTransaction)
+        if tx.terminated:
+            return
+        tx.send_response(response, now)
+        self._touch(tx)
+
+    def create_client_transaction(
+        self, request: Request, transport: Transport, destination: Address, now: float
+    ) -> Transaction:
+        """Start a client transaction: the request goes out with the next commit (§17.1)."""
+        info = transport.info_for(destination)
+        tx: Transaction
+        if request.method == "INVITE":
+            tx = InviteClientTransaction(request, info, now, self.timings)
+        else:
+            tx = NonInviteClientTransaction(request, info, now, self.timings)
+        if tx.key in self.client:
+            raise ValueError(f"a client transaction {tx.key} is already running")
+        self.client[tx.key] = tx
+        self._touch(tx)
+        return tx
+
+    def send_stateless(self, message: Request | Response, transport: Transport, destination: Address) -> None:
+        """Send outside any transaction (stateless answers, the ACK of a 2xx)."""
+        self._send(transport, message, destination, None)
+
+    def terminate(self, tx: Transaction, now: float) -> None:
+        tx.terminate(now)
+        self._touch(tx)
+
+    def drop(
+        self, reason: str, remote: Address, message: Request | Response | None = None, **extra: object
+    ) -> None:
+        """Count and log (one JSON line) a message the node refuses to handle."""
+        if self.metrics is not None:
+            self.metrics.dropped(reason)
+        if self.metrics is None or self.metrics.may_log():
+            what: dict[str, object] = {}
+            if isinstance(message, Request):
+                what = {"method": message.method, "call_id": message.call_id}
+            elif isinstance(message, Response):
+                what = {"status": message.status_code, "call_id": message.call_id}
+            log.info(
+                "sip message dropped",
+                extra={
+                    "event": "sip_drop",
+                    "reason": reason,
+                    "remote": f"{remote[0]}:{remote[1]}",
+                    **what,
+                    **extra,
+                },
+            )
+
+    def refused(self, status: int, reason: str, request: Request, remote: Address) -> None:
+        """Log (one JSON line) a request the node answered statelessly with an error."""
+        if self.metrics is not None:
+            self.metrics.refused(status)
+        if self.metrics is None or self.metrics.may_log():
+            log.info(
+                "sip request refused",
+                extra={
+                    "event": "sip_refuse",
+                    "status": status,
+                    "reason": reason,
+                    "method": request.method,
+                    "call_id": request.call_id,
+                    "remote": f"{remote[0]}:{remote[1]}",
+                },
+            )
+
+    # --- RFC 3261 §8.2.6: a stateless answer to what fails to parse ---
+
+    def refuse_unparseable(
+        self, data: bytes, error: ParseError, transport: Transport, remote: Address
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.parse_error(error.status_code)
+        answer = stateless_error_response(data, error)
+        if answer is None:
+            self.drop("unparseable", remote, None, error=str(error)[:200])
+            return
+        if self.metrics is None or self.metrics.may_log():
+            log.info(
+                "sip request refused",
+                extra={
+                    "event": "sip_refuse",
+                    "status": error.status_code,
+                    "reason": str(error)[:200],
+                    "remote": f"{remote[0]}:{remote[1]}",
+                },
+            )
+        self._send_bytes(transport, answer, remote, None, None, error.status_code)
+
+    # --- timers, commit, send ---
+
+    def _fire(self, item: Timed, now: float) -> None:
+        try:
+            item.handle_timer(now)
+        except Exception:
+            log.exception("error firing the timer of %r", item)
+            if self.metrics is not None:
+                self.metrics.dropped("internal_error")
+        if isinstance(item, Transaction):
+            self._touch(item)
+        else:
+            self.scheduler.update(item)
+
+    def _touch(self, tx: Transaction) -> None:
+        self._dirty[tx] = None
+        if tx.terminated:
+            self._remove(tx)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _remove(self, tx: Transaction) -> None:
+        table = self.server if tx.ROLE == "server" else self.client
+        if table.get(tx.key) is tx:
+            del table[tx.key]
+            if tx.ROLE == "server":
+                request = tx.request
+                cseq = request.cseq
+                assert cseq is not None
+                origin = (request.call_id, request.from_tag, cseq.number, cseq.method)
+                if self._origins.get(origin) is tx:
+                    del self._origins[origin]
+            self.scheduler.forget(tx)
+            self._sent.pop(tx, None)
+            if self.core is not None:
+                self.core.transaction_terminated(tx, self.clock())
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch = list(self._dirty)
+        self._dirty.clear()
+        if not batch:
+            return
+        now = self.clock()
+        outgoing = [(tx, tx.drain_outgoing()) for tx in batch]
+        for tx in batch:
+            if not tx.terminated:
+                self.scheduler.update(tx)
+        try:
+            result = self.store.commit(batch, now)
+        except Exception:
+            log.exception("the store failed to commit %d transactions; sending anyway", len(batch))
+            result = ()
+        if inspect.isawaitable(result):
+            previous = self._commit_tail
+            self._commit_tail = asyncio.ensure_future(self._release_after(previous, result, outgoing))
+        else:
+            self._release(result, outgoing)
+
+    async def _release_after(
+        self,
+        previous: asyncio.Future[None] | None,
+        result: Awaitable[Collection[Transaction]],
+        outgoing: list[tuple[Transaction, list[Outgoing]]],
+    ) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)  # commits release in the order they were made
+        try:
+            refused = await result
+        except Exception:
+            log.exception("the store failed to commit; sending anyway")
+            refused = ()
+        self._release(refused, outgoing)
+
+    def _release(
+        self, refused: Collection[Transaction], outgoing: list[tuple[Transaction, list[Outgoing]]]
+    ) -> None:
+        for tx, outs in outgoing:
+            if refused and tx in refused:
+                self._fenced(tx)
+                continue
+            if not outs:
+                continue
+            transport = self._transports.get((tx.transport.protocol, tx.transport.local))
+            for out in outs:
+                if transport is None:
+                    self.drop("no_transport", out.destination, out.message)
+                    continue
+                self._send(transport, out.message, out.destination, tx)
+
+    def _fenced(self, tx: Transaction) -> None:
+        """The store says another node owns ``tx``: forget it, send nothing more for it."""
+        if self.metrics is not None:
+            self.metrics.dropped("fenced")
+        self._remove(tx)
+
+    def _send(
+        self, transport: Transport, message: Request | Response, destination: Address, tx: Transaction | None
+    ) -> None:
+        retransmission = False
+        if tx is not None:
+            sent = self._sent.get(tx)
+            if sent is None:
+                sent = self._sent[tx] = set()
+            ident = id(message)
+            retransmission = ident in sent
+            sent.add(ident)
+        if type(message) is Request:
+            method, status = message.method, None
+        else:
+            assert isinstance(message, Response)
+            method, status = _cseq_method(message), message.status_code
+        self._send_bytes(transport, message.to_bytes(), destination, tx, method, status, retransmission)
+
+    def _send_bytes(  # noqa: PLR0917 - the hot path: no keyword overhead
+        self,
+        transport: Transport,
+        data: bytes,
+        destination: Address,
+        tx: Transaction | None,
+        method: str | None,
+        status: int | None,
+        retransmission: bool = False,
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.message_out(method, status, retransmission)
+        try:
+            transport.send(data, destination, on_error=None if tx is None else self._send_failed(tx))
+        except OSError as exc:
+            if tx is not None:
+                self._send_failed(tx)(exc)
+            else:
+                self.drop("send_failed", destination, None, error=str(exc))
+
+    def _send_failed(self, tx: Transaction) -> Callable[[Exception], None]:
+        def failed(exc: Exception) -> None:  # §17.1.4, §17.2.4: inform the transaction
+            if tx.terminated:
+                return
+            try:
+                tx.transport_error(self.clock(), str(exc))
+            except ValueError:
+                return  # its state takes no transport error any more (it already moved on)
+            self._touch(tx)
+
+        return failed
+
+    # --- stopping ---
+
+    async def drain(self, timeout: float) -> int:
+        """Stop taking new requests; wait until live transactions end or ``timeout``. Returns those left."""
+        self.accepting = False
+        deadline = self.loop.time() + timeout
+        while self.live() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.live()
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+def _cseq_method(message: Request | Response) -> str:
+    cseq = message.cseq
+    return cseq.method if cseq is not None else "?"
+
+
+# Headers a response must copy from the request (§8.2.6.2), long and compact spellings.
+_COPIED: dict[bytes, bytes] = {
+    b"via": b"Via",
+    b"v": b"Via",
+    b"from": b"From",
+    b"f": b"From",
+    b"to": b"To",
+    b"t": b"To",
+    b"call-id": b"Call-ID",
+    b"i": b"Call-ID",
+    b"cseq": b"CSeq",
+}
+_MAX_SALVAGED_LINE = 4096
+
+
+def stateless_error_response(data: bytes, error: ParseError) -> bytes | None:
+    """The error response to an unparseable request, or None to drop it (RFC 3261 §8.2.6, §18.3).
+
+    Only requests get an answer, never an ACK (§17.1.1.3) or a response
+    (§18.1.2). The answer copies Via, From, To, Call-ID and CSeq as written;
+    without all five (or with a line too long to trust) it is dropped. One
+    pass over the header section: linear in the datagram.
+    """
+    head_end = data.find(b"\r\n\r\n")
+    head = data if head_end < 0 else data[:head_end]
+    lines = head.split(b"\r\n")
+    start = lines[0].split(b" ", 1)[0]
+    if not start or start.startswith(b"SIP/") or start.upper() == b"ACK":
+        return None
+    copied: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        if len(line) > _MAX_SALVAGED_LINE:
+            return None
+        name, colon, value = line.partition(b":")
+        canonical = _COPIED.get(name.strip(b" \t").lower()) if colon else None
+        if canonical is not None:
+            value = value.strip(b" \t")
+            if not value or b"\r" in value or b"\n" in value:
+                return None
+            copied.setdefault(canonical, []).append(value)
+    if len(copied) < 5:
+        return None
+    from sipcore.sip.builders import REASON_PHRASES, new_tag
+
+    code = error.status_code
+    out = [f"SIP/2.0 {code} {REASON_PHRASES.get(code, 'Bad Request')}".encode()]
+    for canonical in (b"Via", b"From", b"To", b"Call-ID", b"CSeq"):
+        values = copied[canonical] if canonical == b"Via" else copied[canonical][:1]
+        for value in values:
+            tagged = value
+            if canonical == b"To" and b";tag=" not in value.lower():
+                tagged = value + b";tag=" + new_tag().encode()
+            out.append(canonical + b": " + tagged)
+    reason = str(error).replace("\r", " ").replace("\n", " ")[:120]
+    out.append(b"Warning: 399 callops " + _quoted(reason))
+    out.append(b"Content-Length: 0")
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def _quoted(text: str) -> bytes:
+    cleaned = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\' else "?" for ch in text)
+    return f'"{cleaned}"'.encode()

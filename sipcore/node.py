@@ -1,0 +1,199 @@
+"""One SIP node: transports, transaction layer, UAS core, heartbeat, metrics, graceful stop.
+
+``run_node(config)`` runs until SIGTERM or SIGINT, then stops reading new
+requests, lets live transactions finish for up to ``grace`` seconds, and
+returns 0. The dial plan is read from the database at start and every
+``dialplan_refresh`` seconds (in a thread, off the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipcore.dialplan import DialPlan
+from sipcore.layer import TransactionLayer, TransactionStore
+from sipcore.metrics import NodeMetrics
+from sipcore.sip import Timings
+from sipcore.transport import TcpTransport, Transport, UdpTransport
+from sipcore.uas import DEFAULT_TIMER_C, UasCore
+
+log = logging.getLogger("sipcore.node")
+
+
+@dataclass(frozen=True)
+class Listen:
+    protocol: str  # "udp" or "tcp"
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.protocol}:{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    listen: tuple[Listen, ...]
+    timings: Timings = field(default_factory=Timings)
+    timer_c: float = DEFAULT_TIMER_C
+    reuse_port: bool = False
+    metrics: tuple[str, int] | None = None
+    grace: float = 5.0
+    redis_url: str | None = None
+    dialplan_refresh: float = 10.0
+    tcp_idle_timeout: float = 120.0
+    tcp_max_connections: int = 1024
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        load_plan: Callable[[], DialPlan],
+        store: TransactionStore | None = None,
+    ):
+        self.config = config
+        self.load_plan = load_plan
+        self.store = store
+        self.metrics = NodeMetrics(config.node_id)
+        self.transports: list[Transport] = []
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        plan = await loop.run_in_executor(None, self.load_plan)
+        self.layer = TransactionLayer(
+            timings=config.timings, store=self.store, loop=loop, metrics=self.metrics
+        )
+        self.core = UasCore(self.layer, plan, timer_c=config.timer_c)
+        self.layer.attach(self.core)
+        self.metrics.watch_transactions(lambda: [*self.layer.server.values(), *self.layer.client.values()])
+        self.metrics.durable.set(0)
+        for listen in config.listen:
+            transport: Transport
+            if listen.protocol == "udp":
+                transport = await UdpTransport.listen(
+                    self.layer, listen.host, listen.port, reuse_port=config.reuse_port
+                )
+            else:
+                transport = await TcpTransport.listen(
+                    self.layer,
+                    listen.host,
+                    listen.port,
+                    reuse_port=config.reuse_port,
+                    idle_timeout=config.tcp_idle_timeout,
+                    max_connections=config.tcp_max_connections,
+                )
+            self.transports.append(transport)
+        if config.metrics is not None:
+            try:
+                self.metrics.serve(*config.metrics)
+            except OSError as exc:
+                log.warning("metrics port %s:%s unavailable: %s", *config.metrics, exc)
+        self._tasks.append(asyncio.ensure_future(self.metrics.watch_loop_lag()))
+        self._tasks.append(asyncio.ensure_future(self._refresh_plan()))
+        if config.redis_url:
+            self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        addresses = ", ".join(f"{t.protocol.lower()}:{t.local[0]}:{t.local[1]}" for t in self.transports)
+        log.info(
+            "sip node %s listening on %s (pid %d)",
+            config.node_id,
+            addresses,
+            os.getpid(),
+            extra={"event": "sip_node_started", "node_id": config.node_id, "listen": addresses},
+        )
+        print(f"sipserver {config.node_id} listening on {addresses}", flush=True)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        await self.start()
+        await self.stopping.wait()
+        return await self.stop()
+
+    async def stop(self) -> int:
+        log.info(
+            "sip node %s stopping: %d live transactions",
+            self.config.node_id,
+            self.layer.live(),
+            extra={"event": "sip_node_stopping", "node_id": self.config.node_id},
+        )
+        left = await self.layer.drain(self.config.grace)
+        for task in self._tasks:
+            task.cancel()
+        for transport in self.transports:
+            transport.close()
+        self.layer.close()
+        if self.config.redis_url:
+            with contextlib.suppress(Exception):
+                from callops.redis import get_redis
+                from sipcore.nodes import heartbeat_key
+
+                await asyncio.get_running_loop().run_in_executor(
+                    None, get_redis(self.config.redis_url).delete, heartbeat_key(self.config.node_id)
+                )
+        log.info(
+            "sip node %s stopped; %d transactions left unfinished",
+            self.config.node_id,
+            left,
+            extra={"event": "sip_node_stopped", "node_id": self.config.node_id, "left": left},
+        )
+        return 0
+
+    async def _refresh_plan(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.dialplan_refresh)
+            try:
+                self.core.plan = await loop.run_in_executor(None, self.load_plan)
+            except Exception:
+                log.exception("could not reload the dial plan; keeping the current one")
+
+    async def _heartbeat(self) -> None:
+        from callops.redis import get_redis
+        from sipcore.nodes import HEARTBEAT_TTL, beat
+
+        loop = asyncio.get_running_loop()
+        client = get_redis(self.config.redis_url)
+        started = time.time()
+        while True:
+            info: dict[str, object] = {
+                "pid": os.getpid(),
+                "listen": [str(listen) for listen in self.config.listen],
+                "started": started,
+                "transactions": self.layer.live(),
+                "durable": False,
+            }
+            try:
+                await loop.run_in_executor(None, beat, client, self.config.node_id, info)
+            except Exception as exc:  # Redis down: keep serving, say so
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_TTL / 3)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is pinned; plain asyncio still works
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_node(config: NodeConfig, load_plan: Callable[[], DialPlan]) -> int:
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(Node(config, load_plan).run())
+    finally:
+        loop.close()

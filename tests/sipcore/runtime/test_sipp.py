@@ -1,0 +1,112 @@
+"""SIPp against a real `manage.py sipserver` process, on UDP and TCP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.sipcore.runtime.support import run_sipp, scenario
+
+
+def assert_all_succeeded(result, calls):
+    assert result.stat("SuccessfulCall") == calls, result.output[-3000:]
+    assert result.stat("FailedCall") == 0, result.stats
+    assert result.returncode == 0, result.output[-3000:]
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_builtin_uac_calls_all_succeed(sip_node, tmp_path, transport):
+    # INVITE, 100/180, 200 with SDP, ACK, BYE, 200 (the dial plan's catch-all rule).
+    result = run_sipp(
+        sip_node.address,
+        tmp_path,
+        "-sn",
+        "uac",
+        "-t",
+        transport,
+        "-m",
+        "40",
+        "-r",
+        "100",
+        "-l",
+        "20",
+        "-d",
+        "50",
+        "-s",
+        "alice",
+    )
+    assert_all_succeeded(result, 40)
+    assert result.stat("Retransmissions") == 0
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_options_answered_with_allow_and_accept(sip_node, tmp_path, transport):
+    result = run_sipp(
+        sip_node.address,
+        tmp_path,
+        "-sf",
+        scenario("options"),
+        "-t",
+        transport,
+        "-m",
+        "50",
+        "-r",
+        "200",
+        "-s",
+        "ping",
+    )
+    assert_all_succeeded(result, 50)
+
+
+def test_invite_busy_gets_486_and_the_ack_completes_it(sip_node, tmp_path):
+    before = sip_node.metric("sip_messages_in_total", method="ACK")
+    result = run_sipp(
+        sip_node.address, tmp_path, "-sf", scenario("invite_busy"), "-m", "30", "-r", "100", "-s", "busy"
+    )
+    assert_all_succeeded(result, 30)
+    assert result.counts["2_486_Recv"] == "30"
+    assert result.counts["2_486_Retrans"] == "0"  # every ACK reached the node and stopped Timer G
+    assert sip_node.metric("sip_messages_in_total", method="ACK") - before == 30
+
+
+def test_unavailable_gets_503_with_retry_after(sip_node, tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        port = sock.getsockname()[1]
+        sock.sendto(invite("unavailable", port).encode(), ("127.0.0.1", sip_node.port))
+        answers = []
+        while not answers or answers[-1].startswith("SIP/2.0 1"):
+            answers.append(sock.recv(65535).decode())
+    assert answers[-1].startswith("SIP/2.0 503 Service Unavailable\r\n")
+    assert "\r\nRetry-After: 60\r\n" in answers[-1]
+
+
+def test_without_ack_the_486_is_retransmitted_per_timer_g_until_timer_h(sip_node, tmp_path):
+    # T1 = 50 ms, T2 = 500 ms: Timer G fires at 0.05, 0.15, 0.35, 0.75, 1.25, 1.75, 2.25, 2.75 s,
+    # and Timer H (64*T1 = 3.2 s) ends the transaction before the next (3.25 s): 8 retransmissions.
+    result = run_sipp(sip_node.address, tmp_path, "-sf", scenario("invite_noack"), "-m", "1", "-s", "busy")
+    assert result.counts["2_486_Recv"] == "1"
+    assert result.counts["2_486_Retrans"] == "8", result.counts
+    time.sleep(0.3)
+    assert sip_node.metric("sip_transactions", kind="invite_server") == 0
+
+
+def test_cancel_of_a_ringing_call_gets_200_and_487(sip_node, tmp_path):
+    result = run_sipp(
+        sip_node.address, tmp_path, "-sf", scenario("cancel"), "-m", "20", "-r", "100", "-s", "noanswer"
+    )
+    assert_all_succeeded(result, 20)
+    assert result.counts["4_200_Recv"] == "20"
+    assert result.counts["5_487_Recv"] == "20"
+
+
+def invite(user: str, port: int, branch: str = "z9hG4bKtest1", call_id: str = "call-1@test") -> str:
+    return (
+        f"INVITE sip:{user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch={branch}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:{user}@127.0.0.1>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:t@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+    )
