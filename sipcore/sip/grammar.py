@@ -2,6 +2,25 @@
 
 Each pattern is named after its ABNF rule. Header values are matched with
 ``fullmatch`` so that anything the grammar does not allow is refused.
+
+Linear by construction. Python's ``re`` backtracks, so a pattern that can split
+the same text in two ways costs time exponential or polynomial in its input.
+Every pattern here is written so that there is never a second way to try:
+
+* every repetition is possessive (``*+``, ``++``, ``?+``): a run, once matched,
+  is never given back. That never loses a match, because what may follow a run
+  can never start with a character the run takes (each run below is followed by
+  a literal or a class disjoint from its own);
+* the branches of an alternation start with different characters (or, for the
+  few bounded ones, are atomic), so at most one branch gets past its first
+  character.
+
+The engine then looks at each character a bounded number of times: matching is
+linear in the input. The one place where the grammar itself is ambiguous to a
+left-to-right reader, gen-value (token, host or, in Via's ``received``, a bare
+IPv6 address, which shares its characters with token up to the first colon), is
+matched as one run of their union and the colon case is checked afterwards by
+:func:`sipcore.sip.uri.is_ipv6_text`.
 """
 
 from __future__ import annotations
@@ -10,50 +29,57 @@ import re
 from typing import Final
 
 # §25.1 basic rules. SWS: optional white space; after unfolding (§7.3.1) LWS is SP/HTAB.
-SWS: Final = r"[ \t]*"
-LWS: Final = r"[ \t]+"
+SWS: Final = r"[ \t]*+"
+LWS: Final = r"[ \t]++"
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
-TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]+"  # noqa: S105 - a grammar rule, not a secret
+TOKEN_CHARS: Final = r"A-Za-z0-9\-.!%*_+`'~"  # noqa: S105 - a grammar rule, not a secret
+TOKEN: Final = rf"[{TOKEN_CHARS}]++"
 # word additionally allows ( ) < > : \ " / [ ] ? { }
-WORD: Final = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+WORD: Final = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]++"
 # quoted-string = SWS DQUOTE *(qdtext / quoted-pair) DQUOTE
 # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII; quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
-# Non-ASCII includes the surrogate escapes standing for undecodable bytes.
-QUOTED_STRING: Final = r'"(?:[ \t\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+# Non-ASCII includes the surrogate escapes standing for undecodable bytes. The two
+# branches start with different characters (qdtext never holds "\").
+QUOTED_STRING: Final = r'"(?:[ \t\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]++|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*+"'
 
-# IPv6 as RFC 5118 and RFC 4291 allow it (checked precisely by ipaddress afterwards).
-IPV6_ADDRESS: Final = r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
-IPV6_REFERENCE: Final = rf"\[{IPV6_ADDRESS}\]"
+# IPv6reference = "[" IPv6address "]" (RFC 3261 §25.1, RFC 5118): by characters, with
+# at least one colon; the address itself is checked by ipaddress afterwards.
+IPV6_REFERENCE: Final = r"\[[0-9A-Fa-f.]*+:[0-9A-Fa-f:.]*+\]"
 # hostname = *( domainlabel "." ) toplabel [ "." ]; labels of alphanum and inner "-".
-# hostname = *( domainlabel "." ) toplabel [ "." ]. Checked by characters only: the
-# label rules cost a backtracking regex on every Via, and a bad name fails at DNS.
-HOSTNAME: Final = r"[A-Za-z0-9][A-Za-z0-9\-.]*"
+# Checked by characters only: the label rules cost a backtracking regex on every
+# Via, and a bad name fails at DNS.
+HOSTNAME: Final = r"[A-Za-z0-9][A-Za-z0-9\-.]*+"
 HOST: Final = rf"(?:{IPV6_REFERENCE}|{HOSTNAME})"
-PORT: Final = r"[0-9]{1,5}"
+PORT: Final = r"[0-9]{1,5}+"
 
-# gen-value = token / host / quoted-string; Via's received may be a bare IPv6address.
-# The bare IPv6 form goes first: a token would stop at its first colon.
-GEN_VALUE: Final = rf"(?:{IPV6_ADDRESS}|{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
-GENERIC_PARAM: Final = rf"{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?"
-PARAMS: Final = rf"(?:{SWS};{SWS}{GENERIC_PARAM})*"
+# gen-value = token / host / quoted-string (§25.1); Via's received may be a bare
+# IPv6address (§20.42). token, hostname, IPv4address and IPv6address are read as
+# one run of their characters; a run holding a colon must be an IPv6 address
+# (checked after the match, see the module docstring).
+GEN_VALUE: Final = rf"(?:[{TOKEN_CHARS}:]++|{IPV6_REFERENCE}|{QUOTED_STRING})"
+GENERIC_PARAM: Final = rf"{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?+"
+PARAMS: Final = rf"(?:{SWS};{SWS}{GENERIC_PARAM})*+"
 
 # via-parm = sent-protocol LWS sent-by *( SEMI via-params ); SLASH = SWS "/" SWS
 VIA_PARM: Final = (
     rf"({TOKEN}){SWS}/{SWS}({TOKEN}){SWS}/{SWS}({TOKEN}){LWS}"
-    rf"({HOST})(?:{SWS}:{SWS}({PORT}))?({PARAMS})"
+    rf"({HOST})(?:{SWS}:{SWS}({PORT}))?+({PARAMS})"
 )
 
 # addr-spec outside <> cannot hold ",", ";" or "?" (§20.10): they would be read as
 # header parameters or list separators. Inside <> any URI characters go.
-URI_SCHEME: Final = r"[A-Za-z][A-Za-z0-9+\-.]*:"
-ADDR_SPEC_BARE: Final = rf"{URI_SCHEME}[^\s<>\"\x00-\x1f\x7f,;?]+"
-ADDR_SPEC_BRACKETED: Final = rf"{URI_SCHEME}[^\s<>\"\x00-\x1f\x7f]+"
+URI_SCHEME: Final = r"[A-Za-z][A-Za-z0-9+\-.]*+:"
+ADDR_SPEC_BARE: Final = rf"{URI_SCHEME}[^\s<>\"\x00-\x1f\x7f,;?]++"
+ADDR_SPEC_BRACKETED: Final = rf"{URI_SCHEME}[^\s<>\"\x00-\x1f\x7f]++"
 # display-name = *(token LWS) / quoted-string. RFC 4475 §3.1.1.6 (lwsdisp): accept
 # a token display name even without LWS before "<".
-DISPLAY_NAME: Final = rf"(?:{TOKEN}(?:{LWS}{TOKEN})*|{QUOTED_STRING})"
-# (name-addr / addr-spec) *( SEMI param ): groups display, bracketed uri, bare uri, params
+DISPLAY_NAME: Final = rf"(?:{TOKEN}(?:{LWS}{TOKEN})*+|{QUOTED_STRING})"
+# (name-addr / addr-spec) *( SEMI param ): groups display, bracketed uri, bare uri, params.
+# The branches share letters (a display name and a scheme), but the first stops at
+# the scheme's colon, which no display-name token holds; the group is atomic. The
+# white space before the parameters is PARAMS' own (its group starts with it).
 NAME_ADDR_PARAMS: Final = (
-    rf"(?:({DISPLAY_NAME})?{SWS}<({ADDR_SPEC_BRACKETED})>|({ADDR_SPEC_BARE})){SWS}({PARAMS})"
+    rf"(?>({DISPLAY_NAME})?+{SWS}<({ADDR_SPEC_BRACKETED})>|({ADDR_SPEC_BARE}))({PARAMS})"
 )
 
 
@@ -63,12 +89,13 @@ QUOTED_STRING_RE: Final = re.compile(QUOTED_STRING)
 GEN_VALUE_RE: Final = re.compile(GEN_VALUE)
 PARAMS_RE: Final = re.compile(PARAMS)
 # One parameter at a time, for splitting a validated parameter list.
-PARAM_ITEM_RE: Final = re.compile(rf"{SWS};{SWS}({TOKEN})(?:{SWS}={SWS}({GEN_VALUE}))?")
+PARAM_ITEM_RE: Final = re.compile(rf"{SWS};{SWS}({TOKEN})(?:{SWS}={SWS}({GEN_VALUE}))?+")
 VIA_PARM_RE: Final = re.compile(VIA_PARM)
 COMMA_RE: Final = re.compile(rf"{SWS},{SWS}")
 NAME_ADDR_PARAMS_RE: Final = re.compile(NAME_ADDR_PARAMS)
-CALL_ID_RE: Final = re.compile(rf"{WORD}(?:@{WORD})?")
-CSEQ_RE: Final = re.compile(rf"([0-9]+){LWS}({TOKEN})")
+# Call-ID = word [ "@" word ]
+CALL_ID_RE: Final = re.compile(rf"{WORD}(?:@{WORD})?+")
+CSEQ_RE: Final = re.compile(rf"([0-9]++){LWS}({TOKEN})")
 HOST_RE: Final = re.compile(HOST)
 # media-type = m-type SLASH m-subtype *(SEMI m-parameter)
 MEDIA_TYPE_RE: Final = re.compile(rf"({TOKEN}){SWS}/{SWS}({TOKEN})({PARAMS})")
@@ -78,27 +105,30 @@ SIP_DATE_RE: Final = re.compile(
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
     r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
 )
-# Retry-After = delta-seconds [ comment ] *( SEMI retry-param )
+# Retry-After = delta-seconds [ comment ] *( SEMI retry-param ); a comment of ctext
+# and quoted-pairs (§25.1), the branches starting with different characters.
 RETRY_AFTER_RE: Final = re.compile(
-    rf"([0-9]+)(?:{SWS}\((?:[^()\\\x00-\x08\x0a-\x1f]|\\[^\r\n])*\))?({PARAMS})"
+    rf"([0-9]++)(?:{SWS}\((?:[^()\\\x00-\x08\x0a-\x1f]++|\\[^\r\n])*+\))?+({PARAMS})"
 )
 # warning-value = warn-code SP warn-agent SP warn-text; warn-code = 3DIGIT
-WARNING_VALUE_RE: Final = re.compile(rf"[0-9]{{3}} [^ ,\x00-\x1f\x7f]+ {QUOTED_STRING}")
+WARNING_VALUE_RE: Final = re.compile(rf"[0-9]{{3}} [^ ,\x00-\x1f\x7f]++ {QUOTED_STRING}")
 
 # --- fast paths -------------------------------------------------------------
 # Plain, common spellings matched by simpler patterns first. Each accepts a strict
 # subset of its grammar rule above and has the same groups, so a miss only means
-# "take the general pattern"; it never changes what is accepted.
+# "take the general pattern"; it never changes what is accepted. Linear the same way.
 _T: Final = TOKEN
-_SIMPLE_PARAMS: Final = rf"(?:;{_T}(?:={_T})?)*"
-PORT_NUMBER: Final = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_SIMPLE_PARAMS: Final = rf"(?:;{_T}(?:={_T})?+)*+"
+# 0-65535, atomic: each branch is the longest of its kind and a digit never follows.
+PORT_NUMBER: Final = r"(?>6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}+)"
 FAST_VIA_PARM_RE: Final = re.compile(
-    rf"(SIP)/(2\.0)/([A-Za-z]+) ([A-Za-z0-9][A-Za-z0-9\-.]*)(?::({PORT_NUMBER}))?({_SIMPLE_PARAMS})"
+    rf"(SIP)/(2\.0)/([A-Za-z]++) ([A-Za-z0-9][A-Za-z0-9\-.]*+)(?::({PORT_NUMBER}))?+({_SIMPLE_PARAMS})"
 )
 # Up to 9 digits is always below 2**32.
-FAST_CSEQ_RE: Final = re.compile(rf"([0-9]{{1,9}}) ({_T})")
+FAST_CSEQ_RE: Final = re.compile(rf"([0-9]{{1,9}}+) ({_T})")
+FAST_MEDIA_TYPE_RE: Final = re.compile(rf"({_T})/({_T})({_SIMPLE_PARAMS})")
 # Positive ASCII classes: they match faster than negated ones. [!#-;=?-~] is every
 # visible ASCII character but " < >.
 FAST_NAME_ADDR_RE: Final = re.compile(
-    rf'(?:({_T}(?: {_T})*|"[^"\\\x00-\x1f\x7f]*") ?)?<({URI_SCHEME}[!#-;=?-~]+)>()({_SIMPLE_PARAMS})'
+    rf'(?:({_T}(?: {_T})*+|"[^"\\\x00-\x1f\x7f]*+") ?)?+<({URI_SCHEME}[!#-;=?-~]++)>()({_SIMPLE_PARAMS})'
 )

@@ -17,6 +17,7 @@ from sipcore.sip.grammar import (
     COMMA_RE,
     CSEQ_RE,
     FAST_CSEQ_RE,
+    FAST_MEDIA_TYPE_RE,
     FAST_NAME_ADDR_RE,
     FAST_VIA_PARM_RE,
     MEDIA_TYPE_RE,
@@ -27,7 +28,7 @@ from sipcore.sip.grammar import (
     VIA_PARM_RE,
     WARNING_VALUE_RE,
 )
-from sipcore.sip.uri import Uri, check_host, parse_uri
+from sipcore.sip.uri import Uri, check_host, is_ipv6_text, parse_uri
 
 MAX_UINT32: Final = 2**32 - 1
 
@@ -102,6 +103,24 @@ def split_params(text: str) -> Params:
             params.append((name.strip(" \t").lower(), value.strip(" \t") if eq else None))
         return tuple(params)
     return tuple((m[1].lower(), m[2]) for m in PARAM_ITEM_RE.finditer(text))
+
+
+def check_param_values(params: str, header: str) -> None:
+    """Refuse a parameter value that has an IPv6 address's characters but is not one.
+
+    The grammar reads token, host and Via's bare IPv6address values as one run of
+    their characters (see sipcore.sip.grammar); only IPv6 addresses hold a colon
+    or brackets, so such a value must be one (RFC 3261 §25.1 host, §20.42 received).
+    """
+    if ":" not in params and "[" not in params:
+        return
+    for name, value in split_params(params):
+        if not value or value[0] == '"':
+            continue
+        if value[0] == "[":
+            check_host(value, header)
+        elif ":" in value and not is_ipv6_text(value):
+            raise ParseError(f"{header}: {name}={value[:60]} is neither a token nor an IPv6 address")
 
 
 def _is_small_number(text: str | None) -> TypeGuard[str]:
@@ -237,6 +256,7 @@ def check_via(value: str) -> list[re.Match[str]]:
             check_host(m[4], "Via")
         if m[5] is not None and int(m[5]) > 65535:
             raise ParseError(f"Via: port {m[5]} is out of range")
+        check_param_values(m[6], "Via")
     return found
 
 
@@ -259,7 +279,10 @@ def _check_addresses(header: str) -> Callable[[str], list[re.Match[str]]]:
         m = fast(value)
         if m is not None:
             return [m]
-        return _match_list(value, NAME_ADDR_PARAMS_RE.match, header, "name-addr or addr-spec")
+        found = _match_list(value, NAME_ADDR_PARAMS_RE.match, header, "name-addr or addr-spec")
+        for m in found:
+            check_param_values(m[4], header)
+        return found
 
     return check
 
@@ -268,9 +291,13 @@ def _check_address(header: str) -> Callable[[str], re.Match[str]]:
     fast, general = FAST_NAME_ADDR_RE.fullmatch, NAME_ADDR_PARAMS_RE.fullmatch
 
     def check(value: str) -> re.Match[str]:
-        m = fast(value) or general(value)
+        m = fast(value)
+        if m is not None:
+            return m
+        m = general(value)
         if m is None:
-            raise ParseError(f"{header}: cannot parse {value!r} as name-addr or addr-spec")
+            raise ParseError(f"{header}: cannot parse {value[:80]!r} as name-addr or addr-spec")
+        check_param_values(m[4], header)
         return m
 
     return check
@@ -306,14 +333,14 @@ _check_contacts = _check_addresses("Contact")
 def check_call_id(value: str) -> re.Match[str]:
     m = CALL_ID_RE.fullmatch(value)
     if m is None:
-        raise ParseError(f"Call-ID: {value!r} is not word [ @ word ]")
+        raise ParseError(f"Call-ID: {value[:80]!r} is not word [ @ word ]")
     return m
 
 
 def check_cseq(value: str) -> re.Match[str]:
     m = FAST_CSEQ_RE.fullmatch(value) or CSEQ_RE.fullmatch(value)
     if m is None:
-        raise ParseError(f"CSeq: {value!r} is not a number and a method")
+        raise ParseError(f"CSeq: {value[:80]!r} is not a number and a method")
     if not _is_small_number(m[1]) or int(m[1]) > MAX_UINT32:  # RFC 3261 §8.1.1.5: 32-bit unsigned
         raise ParseError(f"CSeq: {m[1][:24]} is larger than 2**32-1")
     return m
@@ -352,7 +379,7 @@ def check_content_length(value: str) -> int:
         return number
     if not value.isdigit() or not value.isascii():
         # RFC 4475 §3.1.2.3 (ncl): negative or not a number.
-        raise ParseError(f"Content-Length: {value!r} is not a non-negative integer")
+        raise ParseError(f"Content-Length: {value[:80]!r} is not a non-negative integer")
     if len(value) > 12:
         raise ParseError(f"Content-Length: {value[:20]} is too large", 413)
     return int(value)
@@ -361,7 +388,8 @@ def check_content_length(value: str) -> int:
 def check_content_type(value: str) -> re.Match[str]:
     m = MEDIA_TYPE_RE.fullmatch(value)
     if m is None:
-        raise ParseError(f"Content-Type: {value!r} is not a media type")
+        raise ParseError(f"Content-Type: {value[:80]!r} is not a media type")
+    check_param_values(m[3], "Content-Type")
     return m
 
 
@@ -372,7 +400,7 @@ def build_content_type(m: re.Match[str]) -> MediaType:
 def check_date(value: str) -> str:
     if SIP_DATE_RE.fullmatch(value) is None:
         # RFC 4475 §3.1.2.12 (baddate): GMT is the only time zone SIP-date allows.
-        raise ParseError(f"Date: {value!r} is not an RFC 1123 date in GMT")
+        raise ParseError(f"Date: {value[:80]!r} is not an RFC 1123 date in GMT")
     return value
 
 
@@ -381,6 +409,7 @@ def check_retry_after(value: str) -> int:
     if m is None or len(m[1]) > 10 or int(m[1]) > MAX_UINT32:
         # RFC 4475 §3.1.2.5 (scalarlg)
         raise ParseError(f"Retry-After: {value[:40]!r} is not delta-seconds up to 2**32-1")
+    check_param_values(m[2], "Retry-After")
     return int(m[1])
 
 
@@ -418,7 +447,7 @@ HEADER_RULES: Final[dict[str, HeaderRule]] = {
     "cseq": HeaderRule(check_cseq, build_cseq, False, FAST_CSEQ_RE.fullmatch),
     "max-forwards": HeaderRule(_check_bounded_int("Max-Forwards", 255), _same, False, _BYTE_NUMBERS.get),
     "content-length": HeaderRule(check_content_length, _same, False, _SMALL_NUMBERS.get),
-    "content-type": HeaderRule(check_content_type, build_content_type, False, MEDIA_TYPE_RE.fullmatch),
+    "content-type": HeaderRule(check_content_type, build_content_type, False, FAST_MEDIA_TYPE_RE.fullmatch),
     "contact": HeaderRule(check_contact, build_addresses, True),
     "route": HeaderRule(_check_addresses("Route"), build_addresses, True, FAST_NAME_ADDR_RE.fullmatch),
     "record-route": HeaderRule(

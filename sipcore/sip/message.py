@@ -39,15 +39,20 @@ KNOWN_METHODS: Final = frozenset(
 # RFC 3261 §8.1.1 (requests) and §8.2.6.2 (responses): without these there is no transaction.
 REQUIRED_HEADERS: Final = ("via", "from", "to", "call-id", "cseq")
 _REQUIRED_KEYS: Final = frozenset(REQUIRED_HEADERS)
-# A plain sip:/sips: Request-URI (no escapes, no IPv6, no headers); others take the full check.
+# A plain sip:/sips: Request-URI (no escapes, no IPv6, no headers); others take the full
+# check. Possessive runs, each followed by a character it cannot take (sipcore.sip.grammar).
 _FAST_REQUEST_URI_RE: Final = re.compile(
-    r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;/]+(?::[A-Za-z0-9\-_.!~*'()&=+$,]*)?@)?"
-    r"[A-Za-z0-9][A-Za-z0-9\-.]*(?::([0-9]{1,5}))?"
-    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]*)?)*"
+    r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;/]++(?::[A-Za-z0-9\-_.!~*'()&=+$,]*+)?+@)?+"
+    r"[A-Za-z0-9][A-Za-z0-9\-.]*+(?::([0-9]{1,5}+))?+"
+    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]*+)?+)*+"
 )
 
-_VERSION_RE: Final = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
-_UNFOLD_RE: Final = re.compile(r"[ \t]*\r\n[ \t]+")
+_VERSION_RE: Final = re.compile(r"SIP/[0-9]++\.[0-9]++", re.IGNORECASE)
+# Folds: the white space around each CRLF that starts a continuation line, taken
+# together when several follow each other. Searched for, so a match may only start
+# where a run of white space starts (the look-behind): otherwise every position
+# inside a long run would scan the rest of it again.
+_UNFOLD_RE: Final = re.compile(r"(?<![ \t])[ \t]*+(?:\r\n[ \t]++)++")
 # Reason-Phrase: any UTF-8 text, SP and HTAB; no other control characters.
 _BAD_REASON_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -440,8 +445,8 @@ class Response(Message):
 
 def _bad_version(version: str) -> ParseError:
     if _VERSION_RE.fullmatch(version):
-        return ParseError(f"SIP version {version} is not supported (only {SIP_VERSION})", 505)
-    return ParseError(f"{version!r} is not a SIP version")
+        return ParseError(f"SIP version {version[:40]} is not supported (only {SIP_VERSION})", 505)
+    return ParseError(f"{version[:40]!r} is not a SIP version")
 
 
 def _parse_request_line(line: str) -> tuple[str, str]:
@@ -463,7 +468,7 @@ def _parse_request_line_in_full(line: str) -> tuple[str, str]:
     if version != SIP_VERSION and version.upper() != SIP_VERSION:
         raise _bad_version(version)
     if TOKEN_RE.fullmatch(method) is None:
-        raise ParseError(f"method {method!r} is not a token")
+        raise ParseError(f"method {method[:40]!r} is not a token")
     scheme = SCHEME_RE.match(uri)
     if scheme is None:
         # RFC 4475 §3.1.2.7 (ltgtruri): "<sip:...>" is not a Request-URI.
@@ -510,7 +515,11 @@ def _parse_head(head: bytes) -> Request | Response:
     except ParseError:
         if "\r\n " not in text and "\r\n\t" not in text:
             raise
-    return _parse_lines(_UNFOLD_RE.sub(" ", text))
+    return _parse_lines(_UNFOLD_RE.sub(_one_space_per_fold, text))
+
+
+def _one_space_per_fold(fold: re.Match[str]) -> str:
+    return " " * fold[0].count("\r\n")
 
 
 def _parse_lines(text: str) -> Request | Response:
@@ -556,7 +565,10 @@ def _parse_lines(text: str) -> Request | Response:
         if multiple:
             seed = check(value) if seed is None else [seed]
             previous = seeds.get(key)
-            seeds[key] = seed if previous is None else previous + seed
+            if previous is None:
+                seeds[key] = seed  # a list of this parse's own: extended in place below
+            else:
+                previous += seed  # not `previous + seed`: thousands of lines would cost their square
         elif key in seeds:
             # RFC 4475 §3.3.8 (multi01), §3.3.9 (mcl01): single-valued headers, once.
             raise ParseError(f"{display_name_of(key)} appears more than once")

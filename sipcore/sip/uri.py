@@ -15,25 +15,34 @@ from urllib.parse import unquote
 from sipcore.sip.errors import ParseError
 from sipcore.sip.grammar import HOST, PORT, URI_SCHEME
 
+# Linear by construction as in sipcore.sip.grammar: possessive runs, and the two
+# branches of each character rule (a class, or "%" HEXDIG HEXDIG) start differently.
 _ESCAPED: Final = r"%[0-9A-Fa-f]{2}"
 _UNRESERVED: Final = r"A-Za-z0-9\-_.!~*'()"
 # user = 1*( unreserved / escaped / user-unreserved ); user-unreserved = & = + $ , ; ? /
-_USER: Final = rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+"
+_USER: Final = rf"(?:[{_UNRESERVED}&=+$,;?/]++|{_ESCAPED})++"
 # password = *( unreserved / escaped / & = + $ , )
-_PASSWORD: Final = rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*"
+_PASSWORD: Final = rf"(?:[{_UNRESERVED}&=+$,]++|{_ESCAPED})*+"
 # paramchar = param-unreserved / unreserved / escaped; param-unreserved = [ ] / : & + $
-_PARAMCHAR: Final = rf"(?:[\[\]/:&+${_UNRESERVED}]|{_ESCAPED})"
-_URI_PARAMS: Final = rf"(?:;{_PARAMCHAR}+(?:={_PARAMCHAR}*)?)*"
+_PARAMCHARS: Final = rf"(?:[\[\]/:&+${_UNRESERVED}]++|{_ESCAPED})"
+_URI_PARAMS: Final = rf"(?:;{_PARAMCHARS}++(?:={_PARAMCHARS}*+)?+)*+"
 # hname / hvalue chars: hnv-unreserved ( [ ] / ? : + $ ) / unreserved / escaped
-_HCHAR: Final = rf"(?:[\[\]/?:+${_UNRESERVED}]|{_ESCAPED})"
-_HEADERS: Final = rf"{_HCHAR}+={_HCHAR}*(?:&{_HCHAR}+={_HCHAR}*)*"
+_HCHARS: Final = rf"(?:[\[\]/?:+${_UNRESERVED}]++|{_ESCAPED})"
+_HEADERS: Final = rf"{_HCHARS}++={_HCHARS}*+(?:&{_HCHARS}++={_HCHARS}*+)*+"
 
+# RFC 3261 §19.1.1, §25.1: sip(s):[userinfo@]hostport uri-parameters [headers]. The
+# userinfo is tried first and given up whole when no "@" ends it; "@" appears
+# nowhere after it, so a userinfo that matched is never wrong.
 SIP_URI_RE: Final = re.compile(
-    rf"(?i:(sips?)):(?:({_USER})(?::({_PASSWORD}))?@)?({HOST})(?::({PORT}))?({_URI_PARAMS})(?:\?({_HEADERS}))?"
+    rf"(?i:(sips?)):(?:({_USER})(?::({_PASSWORD}))?+@)?+({HOST})(?::({PORT}))?+({_URI_PARAMS})"
+    rf"(?:\?({_HEADERS}))?+"
 )
 SCHEME_RE: Final = re.compile(URI_SCHEME)
 # absoluteURI's opaque part: any URI characters, no white space or delimiters.
-OPAQUE_RE: Final = re.compile(r"[^\s<>\"\x00-\x1f\x7f]+")
+OPAQUE_RE: Final = re.compile(r"[^\s<>\"\x00-\x1f\x7f]++")
+# The longest textual IPv6 address: eight groups of four and seven colons, or six
+# groups and an IPv4 address (45), with room for RFC 5118 §4.10's extra colon.
+MAX_IPV6_TEXT: Final = 46
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,24 +135,31 @@ def _split_params(text: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(params)
 
 
-def check_host(host: str, context: str) -> None:
-    """Refuse an IPv6 reference that is not an IPv6 address (RFC 4291).
+def is_ipv6_text(text: str) -> bool:
+    """Is ``text`` an IPv6 address (RFC 4291 §2.2), bounded in length before parsing?
 
     RFC 5118 §4.10: RFC 3261's ABNF allows an extra colon before an embedded
-    IPv4 address (``[2001:db8:::192.0.2.1]``); tolerate it.
+    IPv4 address (``2001:db8:::192.0.2.1``); tolerate it.
     """
-    if host.startswith("["):
-        address = host[1:-1].replace(":::", "::", 1)
-        try:
-            ipaddress.IPv6Address(address)
-        except ValueError:
-            raise ParseError(f"{context}: {host} is not a valid IPv6 reference") from None
+    if len(text) > MAX_IPV6_TEXT or "%" in text:  # no zone index in SIP (RFC 5118 §4)
+        return False
+    try:
+        ipaddress.IPv6Address(text.replace(":::", "::", 1))
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(host: str, context: str) -> None:
+    """Refuse an IPv6 reference that is not an IPv6 address (RFC 4291)."""
+    if host.startswith("[") and not (host.endswith("]") and is_ipv6_text(host[1:-1])):
+        raise ParseError(f"{context}: {host[:80]} is not a valid IPv6 reference")
 
 
 def validate_sip_uri(text: str, context: str) -> re.Match[str]:
     match = SIP_URI_RE.fullmatch(text)
     if match is None:
-        raise ParseError(f"{context}: {text!r} is not a valid SIP URI")
+        raise ParseError(f"{context}: {text[:80]!r} is not a valid SIP URI")
     if match[4].startswith("["):
         check_host(match[4], context)
     if match[5] is not None and int(match[5]) > 65535:
@@ -155,7 +171,7 @@ def parse_uri(text: str, context: str = "URI") -> Uri:
     """Parse ``text``; SIP/SIPS URIs are checked against the grammar, others kept opaque."""
     scheme_match = SCHEME_RE.match(text)
     if scheme_match is None:
-        raise ParseError(f"{context}: {text!r} has no URI scheme")
+        raise ParseError(f"{context}: {text[:80]!r} has no URI scheme")
     scheme = scheme_match[0][:-1].lower()
     if scheme in ("sip", "sips"):
         match = validate_sip_uri(text, context)
@@ -171,7 +187,7 @@ def parse_uri(text: str, context: str = "URI") -> Uri:
         )
     rest = text[scheme_match.end() :]
     if not rest or OPAQUE_RE.fullmatch(rest) is None:
-        raise ParseError(f"{context}: {text!r} is not a valid URI")
+        raise ParseError(f"{context}: {text[:80]!r} is not a valid URI")
     if scheme == "tel":
         number, _, params = rest.partition(";")
         return TelUri(number=number, params=_split_params(";" + params) if params else (), text=text)

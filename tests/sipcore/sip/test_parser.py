@@ -102,6 +102,14 @@ INVALID = [
     ("Retry-After not a number", request(add=["Retry-After: later"]), 400),
     ("Warning code of 2 digits", request(add=['Warning: 30 host "text"']), 400),
     ("Request-URI with headers", request(start="INVITE sip:bob@example.com?Subject=hi SIP/2.0"), 400),
+    # gen-value holding a colon: only an IPv6 address may (RFC 3261 §25.1 host, §20.42 received)
+    ("Via received=a:b", request(replace={"Via:": "Via: SIP/2.0/UDP h;received=a:b;branch=z9hG4bK1"}), 400),
+    ("Via received=::1::1", request(replace={"Via:": "Via: SIP/2.0/UDP h;received=::1::1;branch=z9"}), 400),
+    ("Via maddr=[1:2:3]", request(replace={"Via:": "Via: SIP/2.0/UDP h;maddr=[1:2:3];branch=z9hG4bK1"}), 400),
+    ("To param of colons", request(replace={"To:": "To: <sip:bob@example.com>;x=::::::::"}), 400),
+    ("Contact bare param a:", request(replace={"Contact:": "Contact: sip:a@b.example.com;x=a:"}), 400),
+    ("Content-Type param of colons", request(add=["Content-Type: application/sdp;a=" + ":" * 40]), 400),
+    ("Retry-After param with a zone", request(add=["Retry-After: 5;a=fe80::1%eth0"]), 400),
     ("no empty line, not at the end", request()[:-4] + b"\r\nX", 400),
     ("mixed LF and CRLF", request().replace(b"\r\n", b"\n", 2), 400),
     ("empty datagram", b"", 400),
@@ -308,6 +316,26 @@ VALID = [
             b"caf\xc3\xa9", b"caf\xe9"
         ),
         lambda m: bytes(m).count(b"caf\xe9") == 1,
+    ),
+    (
+        "Via received and maddr as IPv6 addresses, bare and bracketed",
+        request(
+            replace={"Via:": "Via: SIP/2.0/UDP [2001:db8::1]:5060;received=2001:db8::9;maddr=[::1];branch=z9"}
+        ),
+        lambda m: (
+            (m.via[0].received, m.via[0].maddr, m.sent_by)
+            == ("2001:db8::9", "[::1]", ("[2001:db8::1]", 5060))
+        ),
+    ),
+    (
+        "RFC 5118 §4.10 extra colon before an IPv4 tail, in a parameter",
+        request(replace={"Via:": "Via: SIP/2.0/UDP h;received=2001:db8:::192.0.2.1;branch=z9hG4bK1"}),
+        lambda m: m.via[0].received == "2001:db8:::192.0.2.1",
+    ),
+    (
+        "consecutive folds read as one space each",
+        request(add=["Subject: a \r\n \r\n\tb"]),
+        lambda m: m.headers.get("Subject") == "a  b",
     ),
     (
         "response",

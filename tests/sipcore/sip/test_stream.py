@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipcore.sip import StreamParser, parse_message
 from sipcore.sip.stream import StreamError
@@ -135,3 +139,149 @@ def test_same_messages_byte_by_byte_as_all_at_once_for_every_vector():
     whole = StreamParser().feed(stream)
     one_by_one = feed_in_chunks(StreamParser(), stream, 1)
     assert whole == one_by_one == vectors
+
+
+# --- the same bytes give the same result however they are split ---------------
+
+
+def outcome(chunks, **limits) -> list:
+    """Everything a parser yields for ``chunks``: each message's bytes and each
+    error's (status, fatal), going on after a skipped message as a caller would."""
+    parser = StreamParser(**limits)
+    events: list = []
+    for chunk in chunks:
+        data = chunk
+        while True:
+            try:
+                got = parser.feed(data)
+            except StreamError as exc:
+                events += [bytes(m) for m in exc.messages]
+                events.append((exc.status_code, exc.fatal))
+                if exc.fatal:
+                    return events
+                data = b""  # a skipped message: go on with what is buffered
+                continue
+            events += [bytes(m) for m in got]
+            break
+    return events
+
+
+def splits(data: bytes, rng: random.Random, max_chunk: int) -> list[bytes]:
+    chunks, at = [], 0
+    while at < len(data):
+        size = rng.randint(1, max_chunk)
+        chunks.append(data[at : at + size])
+        at += size
+    return chunks
+
+
+def head_of_size(size: int, call_id: str = "pad") -> bytes:
+    """A message whose header section (up to and including CRLF CRLF) is ``size`` bytes."""
+    bare = message(call_id, extra="X-Pad: \r\n")
+    assert size >= len(bare)
+    return message(call_id, extra="X-Pad: " + "p" * (size - len(bare)) + "\r\n")
+
+
+LIMIT = 32 * 1024
+
+
+@pytest.mark.parametrize("size", [LIMIT - 1, LIMIT, LIMIT + 1])
+@pytest.mark.parametrize("feeding", ["whole", "byte by byte", "random splits"])
+def test_header_size_limit_is_exact_and_split_independent(size, feeding):
+    data = head_of_size(size) + message("after")
+    assert len(data) - len(message("after")) == size
+    if feeding == "whole":
+        chunks = [data]
+    elif feeding == "byte by byte":
+        chunks = [data[i : i + 1] for i in range(len(data))]
+    else:
+        chunks = splits(data, random.Random(size), 4096)
+    got = outcome(chunks)
+    if size <= LIMIT:
+        assert [parse_message(m).call_id for m in got] == ["pad", "after"]
+    else:
+        assert got == [(513, True)]
+
+
+@pytest.mark.parametrize("size", range(LIMIT - 4, LIMIT + 9))
+def test_around_the_limit_byte_by_byte_is_the_same_as_whole(size):
+    # Reported: sections a few bytes over the limit were accepted whole and
+    # refused (513) byte by byte.
+    data = head_of_size(size)
+    assert outcome([data[i : i + 1] for i in range(len(data))]) == outcome([data])
+
+
+def test_an_oversized_header_section_is_refused_as_soon_as_it_cannot_end_in_time():
+    parser = StreamParser(max_header_size=1000)
+    data = head_of_size(1001)
+    assert parser.feed(data[:999]) == []  # may still end with the 1000th byte
+    with pytest.raises(StreamError, match="exceeds 1000 bytes") as caught:
+        parser.feed(data[999:1000])  # 1000 bytes and no empty line: it cannot end within the limit
+    assert (caught.value.status_code, caught.value.fatal) == (513, True)
+    assert parser.buffered == 1000  # refused without buffering more than the limit
+
+
+MIXED_STREAM = (
+    b"\r\n"
+    + message("one", b"v=0\r\n")
+    + message("bad", b"body!", extra="Max-Forwards: lots\r\n")  # skipped: its length is readable
+    + b"\r\n\r\n"
+    + head_of_size(600, "at-limit")
+    + message("two", b"x" * 300)
+    + head_of_size(601, "over")  # fatal: 513
+    + message("never")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 700))
+def test_any_split_gives_the_same_messages_and_errors(seed, max_chunk):
+    whole = outcome([MIXED_STREAM], max_header_size=600)
+    assert [parse_message(m).call_id if isinstance(m, bytes) else m for m in whole] == [
+        "one",
+        (400, False),
+        "at-limit",
+        "two",
+        (513, True),
+    ]
+    assert outcome(splits(MIXED_STREAM, random.Random(seed), max_chunk), max_header_size=600) == whole
+
+
+# --- feeding costs time linear in the bytes fed --------------------------------
+
+
+def _feed_cpu(data: bytes, chunk: int, repeats: int = 3) -> float:
+    """Best of ``repeats`` CPU times to feed ``data`` in ``chunk``-byte pieces."""
+    best = float("inf")
+    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    for _ in range(repeats):
+        parser = StreamParser(max_header_size=64 * 1024, max_body_size=1024 * 1024)
+        start = time.process_time()
+        for piece in pieces:
+            parser.feed(piece)
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def _long_head(size: int) -> bytes:
+    return head_of_size(size)
+
+
+def _long_body(size: int) -> bytes:
+    return message("body", b"b" * size)
+
+
+def _many_messages(size: int) -> bytes:
+    one = message("m", b"v=0\r\n") + b"\r\n"
+    return one * (size // len(one))
+
+
+@pytest.mark.parametrize(
+    ("build", "chunk"),
+    [(_long_head, 1), (_long_head, 7), (_long_body, 3), (_many_messages, 1), (_many_messages, 1 << 20)],
+    ids=["head 1-byte", "head 7-byte", "body 3-byte", "messages 1-byte", "messages whole"],
+)
+def test_feeding_is_linear_in_the_bytes_fed(build, chunk):
+    small, large = build(6_000), build(48_000)  # 8 times the bytes
+    ratio = _feed_cpu(large, chunk) / _feed_cpu(small, chunk)
+    assert ratio < 24, f"8x the bytes cost {ratio:.1f}x the CPU time (linear: 8x, quadratic: 64x)"
