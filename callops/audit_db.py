@@ -27,7 +27,13 @@ table), PostgreSQL's TRUNCATE (Django's test flush uses it; it needs the
 table owner's rights) and ``session_replication_role = replica`` (superuser
 only). Against those, production runs the application as a role that does not
 own the tables. On SQLite, ``manage.py flush`` gets the same wholesale reset
-through :mod:`callops.db_backends.sqlite3`.
+through :mod:`callops.db_backends.sqlite3`, which also turns on
+``recursive_triggers`` so that INSERT OR REPLACE meets the DELETE trigger.
+
+On SQLite, a migration that alters an audit table rebuilds it (Django copies it
+into a new table), and the triggers go with the old one: end such a migration
+with ``append_only_operations`` for that table again (installing is
+idempotent). ``test_every_audit_model_has_the_triggers`` catches a miss.
 """
 
 from __future__ import annotations
@@ -154,12 +160,10 @@ $$""",
             # Django stores datetimes as ISO text in UTC; prune_audit writes the cutoff the
             # same way, so text order is time order (as in Django's own __lt lookups).
             gate += f" OR (p.table_name = '{self.table}' AND OLD.{quote(self.prune_column)} < p.before)"
-        with schema_editor.connection.cursor() as cursor:
-            constraints = schema_editor.connection.introspection.get_constraints(cursor, self.table)
-        unique_sets = sorted(
-            {tuple(spec["columns"]) for spec in constraints.values() if spec["unique"] and spec["columns"]}
-        )
-        statements = [
+        # INSERT OR REPLACE deletes the row it meets, firing DELETE triggers only with
+        # recursive_triggers on, which callops.db_backends.sqlite3 sets on every connection.
+        # An upsert (ON CONFLICT DO UPDATE) fires the UPDATE trigger.
+        return [
             f"CREATE TABLE IF NOT EXISTS {quote(SQLITE_PERMIT_TABLE)} ("
             "id INTEGER PRIMARY KEY CHECK (id = 1), table_name TEXT NOT NULL, before TEXT)",
             f"CREATE TRIGGER IF NOT EXISTS {quote(self._name('update'))} BEFORE UPDATE ON {table} "
@@ -168,21 +172,6 @@ $$""",
             f"WHEN NOT EXISTS (SELECT 1 FROM {quote(SQLITE_PERMIT_TABLE)} p WHERE {gate}) "
             f"BEGIN SELECT RAISE(ABORT, '{_refusal(self.table, 'DELETE')}'); END",
         ]
-        # INSERT OR REPLACE deletes the row it conflicts with without firing DELETE
-        # triggers (unless recursive_triggers is on), so an INSERT that would meet an
-        # existing row on any unique key is refused before it gets there; this also
-        # stops SQLite's upsert (ON CONFLICT DO UPDATE). The message starts as SQLite's
-        # own for that key, so code that tells a duplicate key by it still does.
-        for columns in unique_sets:
-            match = " AND ".join(f"{quote(c)} = NEW.{quote(c)}" for c in columns)
-            native = "UNIQUE constraint failed: " + ", ".join(f"{self.table}.{c}" for c in columns)
-            refusal = f"{native} ({_refusal(self.table, 'an INSERT over an existing row')})"
-            statements.append(
-                f"CREATE TRIGGER IF NOT EXISTS {quote(self._name('unique_' + '_'.join(columns)))} "  # noqa: S608
-                f"BEFORE INSERT ON {table} WHEN EXISTS (SELECT 1 FROM {table} WHERE {match}) "
-                f"BEGIN SELECT RAISE(ABORT, '{refusal}'); END"
-            )
-        return statements
 
 
 def sqlite_flush_statements(existing_tables: list[str]) -> tuple[list[str], list[str]]:

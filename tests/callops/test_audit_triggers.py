@@ -127,8 +127,8 @@ def test_bulk_create_with_update_conflicts_cannot_overwrite_a_row():
 
 
 def test_an_insert_over_an_existing_row_cannot_replace_it():
-    """SQLite's INSERT OR REPLACE deletes the old row without firing DELETE triggers;
-    PostgreSQL's ON CONFLICT DO UPDATE is an UPDATE. Both are refused."""
+    """SQLite's INSERT OR REPLACE deletes the row it meets (a DELETE, with recursive
+    triggers on); PostgreSQL's ON CONFLICT DO UPDATE is an UPDATE. Both are refused."""
     original = snapshot()
     columns = "(id, call_sid, sequence, schema_version, stage, state, event, source, recorded_at)"
     values = "(%s, 'CAtrigger', 1, 3, 'goodbye', '{}', '{}', 'api', %s)"
@@ -180,7 +180,7 @@ def test_every_audit_model_has_the_triggers():
 
 def test_a_duplicate_key_reads_as_the_database_says_it():
     """Code tells a concurrent writer (same call and sequence) from other errors by the
-    database's own words; the SQLite trigger that stops INSERT OR REPLACE keeps them."""
+    database's own words: the triggers leave a plain duplicate insert alone."""
     snapshot()
     native = {
         "postgresql": "call_state_sequence_unique_per_call",
@@ -188,6 +188,17 @@ def test_a_duplicate_key_reads_as_the_database_says_it():
     }[connection.vendor]
     with pytest.raises(IntegrityError, match=re.escape(native)), transaction.atomic():
         snapshot()
+
+
+def test_insert_ignoring_conflicts_still_works():
+    """Idempotent ingestion (bulk_create(ignore_conflicts=True)) skips rows already there."""
+    original = snapshot()
+    again = CallStateSnapshot(call_sid="CAtrigger", sequence=1, schema_version=3, stage="goodbye", state={},
+                              source="api")  # fmt: skip
+    extra = CallStateSnapshot(call_sid="CAtrigger", sequence=2, schema_version=3, state={}, source="api")
+    CallStateSnapshot.objects.bulk_create([again, extra], ignore_conflicts=True)
+    assert as_stored(original)["stage"] == "ask_action"
+    assert CallStateSnapshot.objects.filter(call_sid="CAtrigger").count() == 2
 
 
 class _Editor:

@@ -1,4 +1,5 @@
-"""Django's SQLite backend, with a flush that passes the audit tables' triggers.
+"""Django's SQLite backend, with a flush that passes the audit tables' triggers,
+and recursive triggers on, so that INSERT OR REPLACE cannot delete an audit row.
 
 ``manage.py flush`` (and the test runner between transactional tests) empties
 every table. PostgreSQL does it with TRUNCATE, which row triggers do not see;
@@ -33,3 +34,10 @@ class DatabaseOperations(operations.DatabaseOperations):
 
 class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
+
+    def get_new_connection(self, conn_params):  # type: ignore[no-untyped-def]
+        connection = super().get_new_connection(conn_params)
+        # The row REPLACE removes fires DELETE triggers only with this on
+        # (https://www.sqlite.org/lang_conflict.html).
+        connection.execute("PRAGMA recursive_triggers = ON")
+        return connection
