@@ -253,3 +253,20 @@ def test_phone_changes_show_in_the_job_history(admin_client, call, jobs):
     assert "When (UTC)" in body  # the site's time zone, named
     local = timezone.localtime(JobChange.objects.filter(job=job).earliest("recorded_at").recorded_at)
     assert f"{local:%a} {local.day} {local:%b %Y, %H:%M:%S}" in rows[2]
+
+
+def test_a_job_with_a_history_is_not_deleted(admin_client, jobs):
+    """Its history is append-only, so the job stays (cancel it instead): the admin says so, no 500."""
+    job = jobs["502"]
+    admin_client.post("/admin/callops/job/", {"action": "mark_cancelled", "_selected_action": [job.pk]})
+    page = admin_client.get(job_url(job, "delete"))
+    assert page.status_code == 200
+    assert "<title>Cannot delete job" in page.content.decode()
+    refused = admin_client.post(job_url(job, "delete"), {"post": "yes"})
+    assert (refused.status_code, "<title>Cannot delete job" in refused.content.decode()) == (200, True)
+    bulk = admin_client.post(
+        "/admin/callops/job/", {"action": "delete_selected", "_selected_action": [job.pk], "post": "yes"}
+    )
+    assert bulk.status_code == 200
+    assert Job.objects.filter(pk=job.pk).exists()
+    assert JobChange.objects.filter(job=job).count() == 1
