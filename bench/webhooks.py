@@ -265,6 +265,7 @@ def configure_django(database: Database, workdir: Path, port: int, token: str) -
         DJANGO_SETTINGS_MODULE="callops.settings",
         DATABASE_URL=database.url,
         DEBUG="0",  # production settings: no query logging
+        HTTPS_ONLY="0",  # but served over plain HTTP on loopback: no redirect to HTTPS
         SECRET_KEY=secrets.token_urlsafe(48),
         TWILIO_AUTH_TOKEN=token,
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
