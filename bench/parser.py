@@ -24,6 +24,13 @@ round-robin (ours, sippy, sipmessage, ours, ...) so that a noisy stretch hits ev
 library alike rather than whichever happened to run then. Everything runs in this
 one process and thread, with the garbage collector left on for all libraries.
 
+Then the worst case: every adversarial message of ``tests/sipcore/sip/adversarial.py``
+(each checked header, start line and URI filled with ~60 KB of one character class
+or troublesome pair) is parsed and read once, the slowest are timed again (CPU
+time, best of 5) and printed in microseconds of CPU per KB of input, beside the
+INVITE's own cost per KB and, for each, how its 60 KB time compares with its 2 KB
+time (linear: about 30x; the test suite allows 100x).
+
 The output is a report, not a test: the targets are printed with PASS/MISS and the
 exit status is 0 either way.
 """
@@ -319,6 +326,40 @@ def report(rates: dict[str, dict[str, float]], names: list[str], repeats: int) -
         print(f"  {'PASS' if ok else 'MISS'}  {label:<36} (got {shown})")
 
 
+# --- worst case over adversarial inputs ------------------------------------------
+
+
+def worst_cases(quick: bool, shown: int = 5) -> None:
+    from tests.sipcore.sip.adversarial import build, cases, cpu_seconds
+
+    all_cases = list(cases())
+    if quick:
+        all_cases = all_cases[::16]
+    large, small = 60_000, 2_000
+    screened = []
+    for case in all_cases:  # one pass to find the candidates...
+        data = build(case, large)
+        screened.append((cpu_seconds(data, repeats=1), case))
+    screened.sort(key=lambda row: row[0], reverse=True)
+    rows = []
+    for _, case in screened[: shown * 3]:  # ...then time the slowest properly
+        data = build(case, large)
+        spent = cpu_seconds(data, repeats=5)
+        ratio = spent / cpu_seconds(build(case, small), repeats=5, at_least=0.002)
+        rows.append((spent / (len(data) / 1024) * 1e6, spent, len(data), ratio, case))
+    rows.sort(key=lambda row: row[0], reverse=True)
+    invite = cpu_seconds(INVITE, repeats=5, at_least=0.05) / (len(INVITE) / 1024) * 1e6
+
+    print()
+    print(
+        f"worst case over {len(all_cases):,} adversarial messages (CPU time, parse + read every typed value)"
+    )
+    print(f"{'us/KB':>8}{'ms':>8}{'bytes':>8}{'60K/2K':>8}  case")
+    for per_kb, spent, size, ratio, case in rows[:shown]:
+        print(f"{per_kb:>8.1f}{spent * 1e3:>8.2f}{size:>8,}{ratio:>7.0f}x  {case}")
+    print(f"for comparison, the INVITE above: {invite:.1f} us/KB")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 short repeats")
@@ -329,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     check(libraries)
     rates = run(libraries, repeats, seconds)
     report(rates, [library.name for library in libraries], repeats)
+    worst_cases(args.quick)
     return 0
 
 
