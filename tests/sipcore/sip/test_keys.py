@@ -8,6 +8,7 @@ import pytest
 
 from sipcore.sip import (
     InviteServerTransaction,
+    Request,
     TransactionKey,
     TransactionMismatchError,
     TransactionState,
@@ -93,3 +94,92 @@ def test_rfc2543_key_changes_with_what_identifies_the_request():
         changed = invite.copy()
         changed.headers.set(header, value)
         assert TransactionKey.for_server(changed) != base, header
+
+
+# --- RFC 3261 §17.2.3, RFC 2543 fallback: the whole rule, To tag included ---
+
+
+def _rfc2543(method: str = "INVITE", *, to_tag: str | None = None, cseq: str = "1 INVITE") -> Request:
+    """A request without a branch (an RFC 2543 peer)."""
+    to = "Bob <sip:bob@biloxi.example.com>" + (f";tag={to_tag}" if to_tag else "")
+    return parse_message(
+        (
+            f"{method} sip:bob@biloxi.example.com SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP pc33.atlanta.example.com\r\n"
+            f"To: {to}\r\n"
+            "From: Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n"
+            "Call-ID: 2543@atlanta.example.com\r\n"
+            f"CSeq: {cseq}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+    )  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        # A retransmission: everything §17.2.3 compares is equal.
+        (_rfc2543(), _rfc2543(), True),
+        (_rfc2543(to_tag="a"), _rfc2543(to_tag="a"), True),
+        # The To tag is part of the rule for INVITE and every other non-ACK method.
+        (_rfc2543(), _rfc2543(to_tag="a"), False),
+        (_rfc2543(to_tag="a"), _rfc2543(to_tag="b"), False),
+        (_rfc2543("BYE", to_tag="a", cseq="2 BYE"), _rfc2543("BYE", to_tag="b", cseq="2 BYE"), False),
+        (_rfc2543("BYE", to_tag="a", cseq="2 BYE"), _rfc2543("BYE", to_tag="a", cseq="2 BYE"), True),
+        # CSeq including the method.
+        (_rfc2543("BYE", to_tag="a", cseq="2 BYE"), _rfc2543("INFO", to_tag="a", cseq="2 INFO"), False),
+        (_rfc2543(cseq="1 INVITE"), _rfc2543(cseq="2 INVITE"), False),
+    ],
+)
+def test_rfc2543_keys_follow_the_whole_rule(first, second, same):
+    assert (TransactionKey.for_server(first) == TransactionKey.for_server(second)) is same
+    assert (str(TransactionKey.for_server(first)) == str(TransactionKey.for_server(second))) is same
+
+
+def test_rfc2543_a_different_invite_is_not_a_retransmission():
+    tx = InviteServerTransaction(_rfc2543(), UDP, now=0.0)
+    tx.send_response(response(tx.request, 486, to_tag="uas"), now=0.1)
+    tx.drain_outgoing()
+    with pytest.raises(TransactionMismatchError):
+        tx.receive(_rfc2543(to_tag="someone"), now=0.2)  # another INVITE: not answered with our 486
+    assert tx.drain_outgoing() == []
+    tx.receive(_rfc2543(), now=0.3)  # the same INVITE again: the 486 again
+    assert [out.message.status_code for out in tx.drain_outgoing()] == [486]
+
+
+@pytest.mark.parametrize("invite_to_tag", [None, "dialog"])
+def test_rfc2543_ack_finds_its_invite_by_the_response_to_tag(invite_to_tag):
+    """§17.2.3: the ACK matches on the INVITE's Request-URI, From tag, Call-ID, CSeq
+    number and top Via, and on the To tag of the response sent, which is a new tag
+    for an initial INVITE and the dialog's own inside one."""
+    invite = _rfc2543(to_tag=invite_to_tag)
+    tx = InviteServerTransaction(invite, UDP, now=0.0)
+    final = response(invite, 486, to_tag="uas")
+    tx.send_response(final, now=0.1)
+    ack = make_ack(invite, tx.last_response)
+    assert tx.key in TransactionKey.server_keys_for(ack)
+    assert TransactionKey.server_keys_for(ack)[0] == TransactionKey.for_server(ack)
+    tx.receive(ack, now=0.2)
+    assert tx.state is TransactionState.CONFIRMED
+
+
+def test_rfc3261_requests_have_one_server_key():
+    invite = request("INVITE", branch="z9hG4bKa1")
+    ack = make_ack(invite, response(invite, 486))
+    assert TransactionKey.server_keys_for(ack) == (TransactionKey.for_server(invite),)
+    assert TransactionKey.server_keys_for(invite) == (TransactionKey.for_server(invite),)
+
+
+def test_a_stored_rfc2543_transaction_of_schema_2_migrates_to_the_new_key():
+    import orjson
+
+    from sipcore.sip import TransactionSnapshot, restore_transaction
+
+    tx = InviteServerTransaction(_rfc2543(), UDP, now=0.0)
+    tx.send_response(response(tx.request, 486, to_tag="uas"), now=0.1)
+    document = orjson.loads(tx.snapshot().to_json())
+    document["schema"] = 2
+    document["key"] = "s|2543|0123456789abcdef0123456789abcdef|INVITE"  # the v2 digest left the To tag out
+    restored = restore_transaction(TransactionSnapshot.from_json(orjson.dumps(document)))
+    assert restored.key == tx.key
+    assert restored.snapshot() == tx.snapshot()

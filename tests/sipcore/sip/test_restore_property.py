@@ -6,8 +6,17 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore.sip import TransactionSnapshot, restore_transaction
-from tests.sipcore.sip.support import TCP, UDP, Recorder, ack_for, new_transaction, request, response
+from sipcore.sip import Timer, TransactionSnapshot, restore_transaction
+from tests.sipcore.sip.support import (
+    TCP,
+    UDP,
+    Recorder,
+    ack_for,
+    first_line,
+    new_transaction,
+    request,
+    response,
+)
 from tests.sipcore.sip.test_transaction_fsm import PATHS
 
 DELAYS = [0.0, 0.05, 0.2, 0.3, 0.5, 1.0, 2.5, 4.0, 6.0, 10.0, 33.0, 200.0]
@@ -133,3 +142,69 @@ def test_restore_after_the_timeout_ends_without_sending_anything():
     ]
     restored.handle_timer(600.0)
     assert restored.drain_outgoing() == []
+
+
+# Timers whose firing ends the transaction, and what each other timer sends.
+ENDING = {"B", "D", "F", "H", "I", "J", "K", "L", "M"}
+SENDS = {"A": "INVITE", "E": "OPTIONS", "G": "final", "100": "100", "C": None}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    start_state=st.sampled_from(STARTS),
+    reliable=st.booleans(),
+    stored_for=st.one_of(
+        st.floats(0.0, 400.0, allow_nan=False),
+        st.sampled_from([0.0, 0.2, 0.5, 4.0, 5.0, 31.9, 32.0, 32.1, 180.0, 600.0, 86_400.0]),
+    ),
+)
+def test_catching_up_after_any_store_duration(start_state, reliable, stored_for):
+    """Restored after ``stored_for`` seconds, one handle_timer(now): a transaction whose
+    timeout fell due meanwhile ends and sends nothing; otherwise each retransmission
+    timer that fell due fires once and re-arms from now (DESIGN.md)."""
+    kind = start_state[0]
+    transport = TCP if reliable else UDP
+    start = 1_800_000_000.0
+    original = Driver(new_transaction(kind, transport, now=start), start)
+    original.tx.drain_outgoing()
+    for step in PATHS[start_state]:
+        original.step(*_PATH_STEPS[step])
+    tx = original.tx
+    tx.drain_outgoing()
+    before = tx.timers
+    restored = restore_transaction(TransactionSnapshot.from_json(tx.snapshot().to_json()))
+    events = Recorder().attach(restored)
+    now = original.now + stored_for
+    restored.handle_timer(now)
+    sent = [first_line(out.message) for out in restored.drain_outgoing()]
+    due = {name for name, timer in before.items() if timer.deadline <= now}
+
+    if due & ENDING:
+        assert sent == []
+        assert restored.terminated
+        assert [event for event in events.events if event[0] == "state"][-1][2] == "Terminated"
+    else:
+        expected = sorted(SENDS[name] for name in due if SENDS[name] is not None)
+        assert sorted(_what(line) for line in sent) == expected
+        for name in due & {"A", "E", "G"}:  # retransmissions re-arm from now, strictly later
+            assert restored.timers[name].deadline > now
+            assert restored.timers[name].deadline == now + restored.timers[name].interval
+        if "100" in due:  # one-shot
+            assert "100" not in restored.timers
+        if "C" in due:  # the guard: the TU is told, and Timer B bounds the wait
+            assert restored.timers == {"B": Timer(now + 32.0, 32.0)}
+            assert events.events == [
+                ("error", "timeout", "Proceeding guard: no final response (send CANCEL)")
+            ]
+        for name in set(before) - due:
+            assert restored.timers[name] == before[name]  # not due: untouched
+    restored.handle_timer(now)  # a timer never fires twice at one now
+    assert restored.drain_outgoing() == []
+
+
+def _what(line: str) -> str:
+    if line.startswith("SIP/2.0 100"):
+        return "100"
+    if line.startswith("SIP/2.0"):
+        return "final"
+    return line.split(" ", 1)[0]

@@ -6,6 +6,8 @@ import dataclasses
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipcore.sip import (
     SCHEMA_VERSION,
@@ -167,6 +169,18 @@ def _edit(**changes):
     return edit
 
 
+def _timer(name: str, *, deadline: object = None, interval: object = None):
+    def edit(document: dict) -> dict:
+        old_deadline, old_interval = document["timers"][name]
+        document["timers"][name] = [
+            old_deadline if deadline is None else deadline,
+            old_interval if interval is None else interval,
+        ]
+        return document
+
+    return edit
+
+
 INVALID = [
     ("not json", lambda d: b"{nope", "not JSON"),
     ("a list", lambda d: [1, 2], "JSON list, not an object"),
@@ -217,6 +231,33 @@ INVALID = [
     ("bad transport", _edit(transport=["UDP", True, ["a", 1], ["b", 2]]), "malformed"),
     ("missing field", lambda d: {k: v for k, v in d.items() if k != "key"}, "malformed: KeyError"),
     ("bad timings", _edit(timings={"t1": -1}), "malformed"),
+    # Numbers that would stop time: handle_timer would spin (interval <= 0) or the
+    # transaction would never end (NaN, infinite deadlines).
+    ("zero interval", _timer("G", interval=0), "timer G has interval 0.0"),
+    ("negative interval", _timer("G", interval=-0.5), "timer G has interval -0.5"),
+    ("interval lost at a large now", _timer("G", interval=1e-300), "timer G has interval 1e-300"),
+    ("NaN interval", _timer("H", interval="nan"), "timer H has interval nan"),
+    ("infinite interval", _timer("H", interval="inf"), "timer H has interval inf"),
+    ("NaN deadline", _timer("H", deadline="nan"), "timer H has deadline nan"),
+    ("infinite deadline", _timer("H", deadline="inf"), "timer H has deadline inf"),
+    ("deadline beyond any clock", _timer("H", deadline=1e300), "timer H has deadline 1e"),
+    (
+        "interval never armed",
+        _timer("G", interval=0.3),
+        "timer G has interval 0.3, which these timings never",
+    ),
+    ("Timer H not 64*T1", _timer("H", interval=31.0), "timer H has interval 31.0"),
+    ("NaN created", _edit(created="nan"), "created_at must be a finite clock reading"),
+    ("infinite updated", _edit(updated="-inf"), "updated_at must be a finite clock reading"),
+    ("negative version", _edit(version=-1), "version must be a non-negative integer"),
+    (
+        "Completed holding a 180",
+        lambda d: {
+            **d,
+            "response": {**d["response"], "lines": ["SIP/2.0 180 Ringing", *d["response"]["lines"][1:]]},
+        },
+        "state Completed of InviteServerTransaction holds a 3xx-6xx response, not a 180",
+    ),
 ]
 
 
@@ -267,3 +308,108 @@ def test_handle_timer_before_any_deadline_does_nothing():
     version = tx.version
     tx.handle_timer(tx.next_deadline() - 0.001)
     assert (tx.version, tx.drain_outgoing(), tx.state) == (version, [], TransactionState.COMPLETED)
+
+
+# --- each state holds the response it can hold, for all four machines ---
+
+ALL = {"none", "1xx", "2xx", "3xx-6xx"}
+# Written out from RFC 3261 §17 and RFC 6026, not read from the code.
+ALLOWED_RESPONSES: dict[tuple[str, str], set[str]] = {
+    ("invite_client", "Calling"): {"none"},
+    ("invite_client", "Proceeding"): {"1xx"},
+    ("invite_client", "Proceeding/guarded"): {"1xx"},
+    ("invite_client", "Completed"): {"3xx-6xx"},
+    ("invite_client", "Accepted"): {"2xx"},
+    ("invite_client", "Terminated"): ALL,
+    ("non_invite_client", "Trying"): {"none"},
+    ("non_invite_client", "Proceeding"): {"1xx"},
+    ("non_invite_client", "Completed"): {"2xx", "3xx-6xx"},
+    ("non_invite_client", "Terminated"): ALL,
+    ("invite_server", "Proceeding"): {"none"},  # the 100 Trying timer still runs
+    ("invite_server", "Proceeding/answered"): {"1xx"},
+    ("invite_server", "Completed"): {"3xx-6xx"},
+    ("invite_server", "Confirmed"): {"3xx-6xx"},
+    ("invite_server", "Accepted"): {"2xx"},
+    ("invite_server", "Terminated"): ALL,
+    ("non_invite_server", "Trying"): {"none"},
+    ("non_invite_server", "Proceeding"): {"1xx"},
+    ("non_invite_server", "Completed"): {"2xx", "3xx-6xx"},
+    ("non_invite_server", "Terminated"): ALL,
+}
+STATUS_OF = {"1xx": 180, "2xx": 200, "3xx-6xx": 486}
+RESPONSE_CASES = [(kind, state, kind_of) for (kind, state) in sorted(PATHS) for kind_of in sorted(ALL)]
+
+
+def test_every_reachable_state_has_its_response_rule():
+    assert set(ALLOWED_RESPONSES) == set(PATHS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "state", "response_class"), RESPONSE_CASES, ids=["-".join(case) for case in RESPONSE_CASES]
+)
+def test_a_stored_response_must_fit_the_state(kind, state, response_class):
+    tx = reach(kind, state)
+    stored = tx.snapshot()
+    last = None if response_class == "none" else bytes(response(tx.request, STATUS_OF[response_class]))
+    snapshot = dataclasses.replace(stored, last_response=last)
+    if response_class in ALLOWED_RESPONSES[(kind, state)]:
+        restored = restore_transaction(TransactionSnapshot.from_json(snapshot.to_json()))
+        assert restored.state is tx.state
+    else:
+        with pytest.raises(InvalidSnapshotError, match=f"state {tx.state.value}"):
+            restore_transaction(TransactionSnapshot.from_json(snapshot.to_json()))
+
+
+def test_a_completed_invite_client_holding_a_200_is_refused_not_crashed():
+    tx = reach("invite_client", "Completed")
+    snapshot = dataclasses.replace(tx.snapshot(), last_response=bytes(response(tx.request, 200)))
+    with pytest.raises(InvalidSnapshotError, match="holds a 3xx-6xx response, not a 200"):
+        restore_transaction(snapshot)
+
+
+@pytest.mark.parametrize(("kind", "state"), sorted(PATHS), ids=["-".join(k) for k in sorted(PATHS)])
+def test_timers_of_the_other_transport_are_refused(kind, state):
+    """Timers A, E and G never run on reliable transports; moving a UDP snapshot that
+    runs them onto TCP would be a transaction that cannot exist."""
+    tx = reach(kind, state)
+    document = orjson.loads(tx.snapshot().to_json())
+    document["transport"] = ["TCP", True, ["192.0.2.1", 5060], ["192.0.2.2", 5062]]
+    retransmitting = set(document["timers"]) & {"A", "E", "G"}
+    zero_on_tcp = set(document["timers"]) & {"D", "I", "J", "K"}
+    if retransmitting or zero_on_tcp:
+        with pytest.raises(InvalidSnapshotError, match=r"cannot run in state|does not last on a reliable"):
+            _load(document)
+    else:
+        _load(document)
+
+
+def test_restore_refuses_a_clock_it_cannot_use_and_handle_timer_refuses_nan():
+    tx = reach("invite_server", "Completed")
+    with pytest.raises(ValueError, match="finite clock reading"):
+        tx.handle_timer(float("nan"))
+    with pytest.raises(ValueError, match="finite clock reading"):
+        tx.receive(request(), now=float("inf"))
+    assert tx.state is TransactionState.COMPLETED
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.sampled_from(sorted(PATHS)),
+    shifts=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=3, max_size=3),
+    now=st.floats(-1e9, 1e10, allow_nan=False),
+)
+def test_handle_timer_fires_each_timer_at_most_once_whatever_the_deadlines(start, shifts, now):
+    """Any restorable snapshot, with its deadlines moved anywhere: one handle_timer
+    call fires each running timer at most once and returns."""
+    tx = reach(*start)
+    snapshot = tx.snapshot()
+    moved = tuple(
+        (name, deadline + shift, interval)
+        for (name, deadline, interval), shift in zip(snapshot.timers, shifts, strict=False)
+    )
+    restored = restore_transaction(dataclasses.replace(snapshot, timers=moved))
+    version = restored.version
+    restored.handle_timer(now)
+    assert restored.version - version <= len(moved)
+    assert len(restored.drain_outgoing()) <= len(moved)
+    assert all(timer.deadline > now for timer in restored.timers.values())

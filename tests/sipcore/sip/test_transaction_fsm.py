@@ -12,11 +12,26 @@ import pytest
 
 from sipcore.sip import (
     InvalidTransitionError,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
     Transaction,
     TransactionMismatchError,
     TransactionState,
+    TransportInfo,
 )
-from tests.sipcore.sip.support import UDP, Recorder, ack_for, first_line, new_transaction, request, response
+from sipcore.sip.transaction import Event
+from tests.sipcore.sip.support import (
+    TCP,
+    UDP,
+    Recorder,
+    ack_for,
+    first_line,
+    new_transaction,
+    request,
+    response,
+)
 
 INVALID = "invalid"
 S = TransactionState
@@ -277,8 +292,8 @@ SERVER_INPUTS = ["tu 1xx", "tu 2xx", "tu 3xx-6xx", "request", "ack", "transport 
 ]
 
 
-def reach(kind: str, state: str) -> Transaction:
-    tx = new_transaction(kind, UDP)
+def reach(kind: str, state: str, transport: TransportInfo = UDP) -> Transaction:
+    tx = new_transaction(kind, transport)
     for step in PATHS[(kind, state)]:
         INPUTS[step](tx)
     tx.drain_outgoing()
@@ -386,3 +401,189 @@ def test_callbacks_registered_late_and_several_of_them_all_fire():
     tx.on_response(lambda t, r: seen.append(f"second {r.status_code}"))
     tx.receive(response(tx.request, 183), now=0.2)
     assert seen == ["first 180", "first 183", "second 183"]
+
+
+# --- the state graph, read from the tables alone ---
+
+MACHINES: dict[str, type[Transaction]] = {
+    "invite_client": InviteClientTransaction,
+    "non_invite_client": NonInviteClientTransaction,
+    "invite_server": InviteServerTransaction,
+    "non_invite_server": NonInviteServerTransaction,
+}
+# The table event each input of this file is.
+EVENT_OF_INPUT: dict[str, Event] = {
+    "1xx": Event.PROVISIONAL, "2xx": Event.SUCCESS, "3xx-6xx": Event.FAILURE,
+    "tu 1xx": Event.TU_PROVISIONAL, "tu 2xx": Event.TU_SUCCESS, "tu 3xx-6xx": Event.TU_FAILURE,
+    "request": Event.REQUEST, "ack": Event.ACK, "transport error": Event.TRANSPORT_ERROR,
+    **{f"timer {name}": Event(f"Timer {name}") for name in "ABDEFGHIJKLM"},
+    "timer C": Event.TIMER_C, "timer 100": Event.TIMER_100,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(MACHINES))
+def test_every_state_is_reachable_and_every_state_can_end(kind):
+    cls = MACHINES[kind]
+    rows = cls.transitions()
+    assert rows
+    assert all(isinstance(row[2], TransactionState) for row in rows)
+    assert {state for state, _, _ in rows} | {target for _, _, target in rows} == set(cls.STATES)
+    edges: dict[TransactionState, set[TransactionState]] = {}
+    for state, _, target in rows:
+        edges.setdefault(state, set()).add(target)
+
+    def reachable(start: TransactionState) -> set[TransactionState]:
+        seen, todo = {start}, [start]
+        while todo:
+            for target in edges.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    assert reachable(cls.INITIAL_STATE) == set(cls.STATES)
+    for state in cls.STATES:
+        assert S.TERMINATED in reachable(state), f"{kind}: {state} cannot end through the table"
+    assert not edges.get(S.TERMINATED), "nothing leaves Terminated"
+
+
+@pytest.mark.parametrize(("kind", "state"), sorted(PATHS), ids=["-".join(k) for k in sorted(PATHS)])
+def test_the_table_says_where_each_input_goes(kind, state):
+    """Each row's declared next state is where driving the machine lands (UDP), and
+    the rows are exactly the inputs the expectations above accept."""
+    cls = MACHINES[kind]
+    declared = {event: target for st, event, target in cls.transitions() if st.value == state.split("/")[0]}
+    inputs = CLIENT_INPUTS if kind.endswith("client") else SERVER_INPUTS
+    expected = EXPECTED[(kind, state)]
+    for name in inputs:
+        if name == "terminate" or (name == "ack" and kind == "non_invite_server"):
+            continue
+        event = EVENT_OF_INPUT[name]
+        if name not in expected:
+            # Refused by the table, or accepted there but not running in this variant of the state.
+            assert event not in declared or name.startswith("timer "), (kind, state, name)
+            continue
+        assert event in declared, (kind, state, name)
+        tx = reach(kind, state)
+        if name.startswith("timer "):
+            tx.handle_timer(tx.timers[name[6:]].deadline)
+        else:
+            INPUTS[name](tx)
+        assert tx.state is declared[event], (kind, state, name)
+
+
+@pytest.mark.parametrize(("kind", "state"), sorted(PATHS), ids=["-".join(k) for k in sorted(PATHS)])
+def test_on_reliable_transports_zero_timers_follow_their_rows(kind, state):
+    """On TCP, D, I, J and K are zero: the machine lands in the declared state and
+    goes on at once through that state's timer row, as the table says."""
+    cls = MACHINES[kind]
+    tx = reach(kind, state, TCP) if _reachable_on_tcp(kind, state) else None
+    if tx is None:
+        return
+    table = {(st, event): target for st, event, target in cls.transitions()}
+    zero = {Event.TIMER_D, Event.TIMER_I, Event.TIMER_J, Event.TIMER_K}
+    for name, event in EVENT_OF_INPUT.items():
+        if name.startswith("timer ") or (tx.state, event) not in table:
+            continue
+        if name == "ack" and kind == "non_invite_server":
+            continue
+        probe = reach(kind, state, TCP)
+        INPUTS[name](probe)
+        landing = table[(tx.state, event)]
+        chained = [table[(landing, z)] for z in zero if (landing, z) in table]
+        assert probe.state in {landing, *chained}, (kind, state, name)
+        if chained:
+            assert probe.state is chained[0]
+            assert not probe.timers
+
+
+def _reachable_on_tcp(kind: str, state: str) -> bool:
+    try:
+        reach(kind, state, TCP)
+    except (AssertionError, KeyError, InvalidTransitionError):
+        return False  # e.g. Completed INVITE client: Timer D is zero on TCP
+    return True
+
+
+def test_no_import_cycle_through_the_transaction_modules():
+    """snapshot.py is data and schema; transaction.py builds on it, never the reverse
+    (imports anywhere in a module count, lazy and TYPE_CHECKING ones included)."""
+    import ast
+    from pathlib import Path
+
+    import sipcore.sip
+
+    package = Path(sipcore.sip.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sipcore.sip."):
+                imported.add(node.module.removeprefix("sipcore.sip."))
+            elif isinstance(node, ast.Import):
+                imported |= {
+                    a.name.removeprefix("sipcore.sip.")
+                    for a in node.names
+                    if a.name.startswith("sipcore.sip.")
+                }
+        graph[path.stem] = imported
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            module = todo.pop()
+            if module == goal:
+                return True
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph.get(module, ()))
+        return False
+
+    assert "snapshot" in graph["transaction"]
+    for module in ("snapshot", "transaction", "keys", "timers"):
+        assert not reaches(module, module), f"{module}.py is part of an import cycle"
+
+
+# --- legitimate traffic an INVITE client meets (RFC 3261 §13.2.2.4, RFC 6026 §8.4) ---
+
+
+def test_a_fork_answering_after_a_failure_reaches_the_tu_and_gets_its_own_ack():
+    tx = new_transaction("invite_client", UDP)
+    tx.drain_outgoing()
+    seen = []
+    tx.on_response(lambda t, r: seen.append((r.status_code, r.to_tag)))
+    tx.receive(response(tx.request, 486, to_tag="fork-a"), now=0.1)
+    (ack,) = tx.drain_outgoing()
+    assert ack.message.to_tag == "fork-a"
+    # Another fork's 2xx: the TU must ACK and BYE it, so it hears of it.
+    tx.receive(response(tx.request, 200, to_tag="fork-b"), now=0.2)
+    assert tx.drain_outgoing() == []
+    # Another fork's final: ACKed with that fork's To tag, not the first one's.
+    tx.receive(response(tx.request, 603, to_tag="fork-c"), now=0.3)
+    (ack_c,) = tx.drain_outgoing()
+    assert ack_c.message.to_tag == "fork-c"
+    tx.receive(response(tx.request, 183, to_tag="fork-d"), now=0.4)  # late provisional: absorbed
+    assert seen == [(486, "fork-a"), (200, "fork-b")]
+    assert tx.state is S.COMPLETED
+    assert tx.last_response.to_tag == "fork-a"  # the final that completed the transaction
+
+
+def test_invite_server_keeps_its_state_through_a_transport_error():
+    """RFC 6026 §7.1: the retransmitted INVITE still finds the transaction (and gets
+    the final again) instead of looking like a new call; the ACK still confirms."""
+    tx = new_transaction("invite_server", UDP)
+    errors = []
+    tx.on_error(lambda t, failure: errors.append(failure))
+    final = response(tx.request, 486)
+    tx.send_response(final, now=0.1)
+    tx.drain_outgoing()
+    tx.transport_error(0.15, "ICMP port unreachable")
+    assert [(f.reason, f.detail) for f in errors] == [("transport", "ICMP port unreachable")]
+    assert tx.state is S.COMPLETED
+    assert set(tx.timers) == {"G", "H"}
+    tx.receive(request("INVITE"), now=0.3)
+    assert [out.message.status_code for out in tx.drain_outgoing()] == [486]
+    tx.receive(ack_for(tx.request, final), now=0.4)
+    assert tx.state is S.CONFIRMED

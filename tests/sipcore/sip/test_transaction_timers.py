@@ -81,7 +81,20 @@ def test_custom_timings():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"t1": 0}, "t1 must be positive"), ({"t1": 5, "t2": 4}, "t2"), ({"timer_d": 31}, "at least 32")],
+    [
+        ({"t1": 0}, "t1 must be positive"),
+        ({"t1": 5, "t2": 4}, "t2"),
+        ({"timer_d": 31}, "at least 32"),
+        ({"t4": -1.0}, "t4 must be positive"),
+        ({"t1": float("nan")}, "t1 must be positive"),
+        ({"t2": float("inf")}, "t2 must be finite"),
+        ({"proceeding_guard": float("inf")}, "proceeding_guard must be finite"),
+        # So small that now + interval == now for a clock reading the core accepts.
+        ({"t1": 1e-300}, "now \\+ interval == now"),
+        ({"trying_delay": 1e-5}, "now \\+ interval == now"),
+        ({"t1": 1e8, "t2": 1e8}, "64\\*T1 longer than"),
+        ({"t4": "5"}, "t4 must be positive"),
+    ],
 )
 def test_timings_refuse_values_against_the_rfc(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -267,3 +280,17 @@ def test_invite_server_retransmission_timers_survive_custom_t1():
     tx.send_response(response(tx.request, 500), now=0.0)
     tx.drain_outgoing()
     assert [t for t, _ in run_timers(tx, until=4)] == [0.25, 0.75, 1.75, 2.75, 3.75]
+
+
+def test_timings_accept_the_smallest_interval_that_moves_every_clock_reading():
+    from sipcore.sip.timers import MAX_CLOCK, MIN_INTERVAL
+
+    timings = Timings(t1=MIN_INTERVAL, t2=MIN_INTERVAL, trying_delay=MIN_INTERVAL)
+    for now in (MAX_CLOCK, -MAX_CLOCK, 1.8e9, 0.0):
+        assert now + timings.t1 > now
+    start = MAX_CLOCK - 1.0
+    tx = InviteClientTransaction(request(), UDP, now=start, timings=timings)
+    fired_at = tx.timers["A"].deadline
+    assert fired_at > start
+    tx.handle_timer(fired_at)
+    assert tx.timers["A"].deadline > fired_at  # re-armed strictly later: no spin
