@@ -491,10 +491,19 @@ class Transaction:
         self.version += 1
 
     def _notify(self) -> None:
+        # Every callback of the step runs even if one raises (the step has happened;
+        # a TU that missed Terminated would keep the transaction forever); the
+        # first exception is raised once all have run.
         notifications, self._notifications = self._notifications, []
+        errors: list[Exception] = []
         for callbacks, args in notifications:
             for fn in list(callbacks):
-                fn(self, *args)
+                try:
+                    fn(self, *args)
+                except Exception as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _move(self, state: TransactionState) -> None:
         old, self.state = self.state, state

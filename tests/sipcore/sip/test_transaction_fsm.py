@@ -587,3 +587,21 @@ def test_invite_server_keeps_its_state_through_a_transport_error():
     assert [out.message.status_code for out in tx.drain_outgoing()] == [486]
     tx.receive(ack_for(tx.request, final), now=0.4)
     assert tx.state is S.CONFIRMED
+
+
+def test_a_failing_callback_does_not_hide_the_others():
+    """The step has happened: every callback hears of it, then the first error is raised."""
+    tx = new_transaction("invite_client", UDP)
+    tx.drain_outgoing()
+    seen = []
+
+    def broken(t, r):
+        raise RuntimeError("TU bug")
+
+    tx.on_response(broken)
+    tx.on_state_changed(lambda t, old, new: seen.append((old.value, new.value)))
+    with pytest.raises(RuntimeError, match="TU bug"):
+        tx.receive(response(tx.request, 486), now=0.1)
+    assert seen == [("Calling", "Completed")]
+    assert tx.state is S.COMPLETED
+    assert [first_line(out.message) for out in tx.drain_outgoing()] == [ACK_LINE]
