@@ -224,6 +224,7 @@ class TransactionLayer:
         self.client: dict[TransactionKey, Transaction] = {}
         # §8.2.2.2: (Call-ID, From tag, CSeq) of each live server transaction, to spot merged requests.
         self._origins: dict[tuple[str | None, str | None, int, str], Transaction] = {}
+        self._origin_of: dict[Transaction, tuple[str | None, str | None, int, str]] = {}
         self._transports: dict[tuple[str, Address], Transport] = {}
         self._sent: dict[Transaction, set[int]] = {}
         self._dirty: dict[Transaction, None] = {}
@@ -337,7 +338,9 @@ class TransactionLayer:
         self.server[tx.key] = tx
         cseq = request.cseq
         assert cseq is not None
-        self._origins[(request.call_id, request.from_tag, cseq.number, cseq.method)] = tx
+        origin = (request.call_id, request.from_tag, cseq.number, cseq.method)
+        self._origins[origin] = tx
+        self._origin_of[tx] = origin
         self._touch(tx)
         return tx
 
@@ -462,13 +465,9 @@ class TransactionLayer:
         table = self.server if tx.ROLE == "server" else self.client
         if table.get(tx.key) is tx:
             del table[tx.key]
-            if tx.ROLE == "server":
-                request = tx.request
-                cseq = request.cseq
-                assert cseq is not None
-                origin = (request.call_id, request.from_tag, cseq.number, cseq.method)
-                if self._origins.get(origin) is tx:
-                    del self._origins[origin]
+            origin = self._origin_of.pop(tx, None)
+            if origin is not None and self._origins.get(origin) is tx:
+                del self._origins[origin]
             self.scheduler.forget(tx)
             self._sent.pop(tx, None)
             if self.core is not None:
@@ -536,20 +535,21 @@ class TransactionLayer:
     def _send(
         self, transport: Transport, message: Request | Response, destination: Address, tx: Transaction | None
     ) -> None:
+        data = message.to_bytes()
         retransmission = False
-        if tx is not None:
+        if tx is not None:  # the same bytes again within one transaction: a retransmission
             sent = self._sent.get(tx)
             if sent is None:
                 sent = self._sent[tx] = set()
-            ident = id(message)
-            retransmission = ident in sent
-            sent.add(ident)
+            digest = hash(data)
+            retransmission = digest in sent
+            sent.add(digest)
         if type(message) is Request:
             method, status = message.method, None
         else:
             assert isinstance(message, Response)
             method, status = _cseq_method(message), message.status_code
-        self._send_bytes(transport, message.to_bytes(), destination, tx, method, status, retransmission)
+        self._send_bytes(transport, data, destination, tx, method, status, retransmission)
 
     def _send_bytes(  # noqa: PLR0917 - the hot path: no keyword overhead
         self,
@@ -565,7 +565,7 @@ class TransactionLayer:
             self.metrics.message_out(method, status, retransmission)
         try:
             transport.send(data, destination, on_error=None if tx is None else self._send_failed(tx))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             if tx is not None:
                 self._send_failed(tx)(exc)
             else:
@@ -625,9 +625,11 @@ def stateless_error_response(data: bytes, error: ParseError) -> bytes | None:
     without all five (or with a line too long to trust) it is dropped. One
     pass over the header section: linear in the datagram.
     """
-    head_end = data.find(b"\r\n\r\n")
+    crlf = b"\r\n" in data[:1024]
+    separator = b"\r\n" if crlf else b"\n"  # bare LF line ends, as parse_message tolerates
+    head_end = data.find(separator * 2)
     head = data if head_end < 0 else data[:head_end]
-    lines = head.split(b"\r\n")
+    lines = head.split(separator)
     start = lines[0].split(b" ", 1)[0]
     if not start or start.startswith(b"SIP/") or start.upper() == b"ACK":
         return None

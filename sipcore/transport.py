@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -68,12 +69,37 @@ def _bind_socket(kind: socket.SocketKind, host: str, port: int, reuse_port: bool
     return sock
 
 
+_LITERALS: dict[str, socket.AddressFamily | None] = {}
+
+
+def check_literal(host: str, family: socket.AddressFamily) -> None:
+    """Refuse (OSError) a destination that is not an IP address of the socket's family.
+
+    Resolving a name (RFC 3263) would block the loop or need a resolver this
+    node does not have; a name in a Via or maddr is a send failure for now.
+    """
+    known = _LITERALS.get(host, 0)
+    if known == 0:
+        try:
+            known = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        except ValueError:
+            known = None
+        if len(_LITERALS) > 10_000:
+            _LITERALS.clear()
+        _LITERALS[host] = known
+    if known is None:
+        raise OSError(f"{host!r} is not an IP address (no DNS lookups here)")
+    if known != family:
+        raise OSError(f"{host} is not reachable from an {family.name} socket")
+
+
 class UdpTransport(asyncio.DatagramProtocol):
     protocol = "UDP"
 
     def __init__(self, layer: TransactionLayer, host: str, port: int):
         self.layer = layer
         self.local: Address = (host, port)
+        self._family = _family(host)
         self._transport: asyncio.DatagramTransport | None = None
         self._infos: dict[Address, TransportInfo] = {}
 
@@ -110,6 +136,7 @@ class UdpTransport(asyncio.DatagramProtocol):
     def send(self, data: bytes, destination: Address, on_error: ErrorCallback = None) -> None:
         if self._transport is None or self._transport.is_closing():
             raise OSError("the UDP socket is closed")
+        check_literal(destination[0], self._family)
         self._transport.sendto(data, destination)
 
     def close(self) -> None:

@@ -89,9 +89,6 @@ def check_request(request: Request) -> tuple[int, str, list[tuple[str, str]]] | 
         return 400, "Bad Request-URI", []
     if isinstance(uri, AbsoluteUri) or getattr(uri, "scheme", "sip").lower() not in SUPPORTED_SCHEMES:
         return 416, "Unsupported URI Scheme", []
-    # §8.1.1.8: an INVITE carries exactly one Contact.
-    if method == "INVITE" and len(request.headers.get_all("Contact")) == 0:
-        return 400, "Missing Contact", []
     # §8.2.2.3 Require: every extension named is unsupported here (Proxy-Require is for proxies).
     require = _tokens(request.headers.get_all("Require"))
     unsupported = [option for option in require if option.lower() not in SUPPORTED]
@@ -164,6 +161,7 @@ class Call:
     def __init__(self, core: UasCore, tx: Transaction, rule: Rule, now: float):
         self.core = core
         self.tx = tx
+        self.request = tx.request
         self.rule = rule
         self.state = CallState.WAITING
         self.to_tag = new_tag()
@@ -201,7 +199,7 @@ class Call:
         self.timers[event] = (now + interval, interval)
 
     def _respond(self, status: int, reason: str | None, now: float, **kwargs: object) -> Response:
-        response = make_response(self.tx.request, status, reason or None, to_tag=self.to_tag, **kwargs)  # type: ignore[arg-type]
+        response = make_response(self.request, status, reason or None, to_tag=self.to_tag, **kwargs)  # type: ignore[arg-type]
         self.core.layer.respond(self.tx, response, now)
         return response
 
@@ -300,7 +298,7 @@ class Dialogs:
         return (request.call_id or "", request.to_tag or "", request.from_tag or "")
 
     def open(self, call: Call, now: float) -> None:
-        request = call.tx.request
+        request = call.request
         self._dialogs[(request.call_id or "", call.to_tag, request.from_tag or "")] = (now, call)
         while len(self._dialogs) > MAX_DIALOGS or (
             self._dialogs and next(iter(self._dialogs.values()))[0] < now - DIALOG_LIFETIME
@@ -323,7 +321,7 @@ class Dialogs:
         return entry[1] if entry is not None else None
 
     def close_call(self, call: Call) -> None:
-        request = call.tx.request
+        request = call.request
         self._dialogs.pop((request.call_id or "", call.to_tag, request.from_tag or ""), None)
 
 

@@ -88,9 +88,11 @@ def test_unavailable_gets_503_with_retry_after(sip_node, tmp_path):
 def test_without_ack_the_486_is_retransmitted_per_timer_g_until_timer_h(sip_node, tmp_path):
     # T1 = 50 ms, T2 = 500 ms: Timer G fires at 0.05, 0.15, 0.35, 0.75, 1.25, 1.75, 2.25, 2.75 s,
     # and Timer H (64*T1 = 3.2 s) ends the transaction before the next (3.25 s): 8 retransmissions.
+    before = sip_node.metric("sip_retransmissions_total", status="486")
     result = run_sipp(sip_node.address, tmp_path, "-sf", scenario("invite_noack"), "-m", "1", "-s", "busy")
     assert result.counts["2_486_Recv"] == "1"
     assert result.counts["2_486_Retrans"] == "8", result.counts
+    assert sip_node.metric("sip_retransmissions_total", status="486") - before == 8
     time.sleep(0.3)
     assert sip_node.metric("sip_transactions", kind="invite_server") == 0
 
