@@ -270,3 +270,24 @@ def test_a_job_with_a_history_is_not_deleted(admin_client, jobs):
     assert bulk.status_code == 200
     assert Job.objects.filter(pk=job.pk).exists()
     assert JobChange.objects.filter(job=job).count() == 1
+
+
+def test_history_shows_a_staff_save_once(admin_client, jobs):
+    """One admin save that changes the status and adds a note: the change and the note each
+    appear once (the admin's own log entry for that save adds nothing new and is not repeated)."""
+    job = jobs["502"]  # pending, no notes
+    data = change_form_data(admin_client, job, status="on_hold")
+    data.update({"notes-TOTAL_FORMS": "1", "notes-0-text": "Waiting for the landlord", "notes-0-id": ""})
+    assert admin_client.post(job_url(job), data).status_code == 302
+    note = JobNote.objects.get(job=job)
+    assert note.source == JobNote.Source.ADMIN
+    # A later edit of that note is told by the admin's log.
+    data = change_form_data(admin_client, job, **{"notes-0-text": "Landlord called back"})
+    assert admin_client.post(job_url(job), data).status_code == 302
+    body = admin_client.get(job_url(job, "history")).content.decode()
+    rows = re.findall(r'<tr class="history-entry">(.*?)</tr>', body, re.S)
+    assert len(rows) == 3, rows
+    assert "Staff admin" in rows[0]
+    assert "Changed Text for job note “note on " in rows[0]
+    assert sum("Status changed from Pending to On hold." in row for row in rows) == 1
+    assert sum("Added a note" in row for row in rows) == 1
