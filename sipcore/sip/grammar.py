@@ -16,11 +16,18 @@ Every pattern here is written so that there is never a second way to try:
   character.
 
 The engine then looks at each character a bounded number of times: matching is
-linear in the input. The one place where the grammar itself is ambiguous to a
-left-to-right reader, gen-value (token, host or, in Via's ``received``, a bare
-IPv6 address, which shares its characters with token up to the first colon), is
-matched as one run of their union and the colon case is checked afterwards by
-:func:`sipcore.sip.uri.is_ipv6_text`.
+linear in the input. (Where optional white space may come before one of several
+delimiters, as SWS "=" and SWS ";" in a parameter list, a failed try gives its
+white space back whole and the next delimiter's SWS reads it again: at most once
+per delimiter, a constant.) Patterns that are *searched* for rather than matched
+at a position (message.py's unfolding) must also start only where their first
+run starts, or every position inside a long run would scan the rest of it again.
+
+The one place where the grammar itself is ambiguous to a left-to-right reader,
+gen-value (token, host or, in Via's ``received``, a bare IPv6 address, which
+shares its characters with token up to the first colon), is matched as one run
+of their union and the colon case is checked afterwards by
+:func:`sipcore.sip.uri.is_ipv6_text` (headers.check_param_values).
 """
 
 from __future__ import annotations
