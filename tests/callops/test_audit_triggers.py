@@ -345,6 +345,7 @@ def test_management_command_prunes_with_progress(job):
     assert CallStateSnapshot.objects.count() == 1
     assert not JobChange.objects.exists()
     assert sum(AuditPrune.objects.values_list("deleted", flat=True)) == 6
+    assert {r.requested_by.split(" by ")[0] for r in AuditPrune.objects.all()} == {"manage.py prune_audit"}
 
 
 def test_management_command_dry_run_and_model_choice(job):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 from datetime import timedelta
 
@@ -59,6 +60,10 @@ class Command(BaseCommand):
                 chosen.append(found)
         now = timezone.now()
         cutoff = now - age
+        try:
+            requested_by = f"manage.py prune_audit by {getpass.getuser()}"
+        except (KeyError, OSError):  # no user name for this uid (some containers)
+            requested_by = "manage.py prune_audit"
         self.stdout.write(
             f"pruning audit rows recorded before {cutoff:%Y-%m-%d %H:%M:%S %Z} ({older_than} ago)"
         )
@@ -73,9 +78,7 @@ class Command(BaseCommand):
             def report(progress: PruneProgress, table: str = table) -> None:
                 self.stdout.write(f"  {table}: {progress.deleted} deleted ({progress.batches} batches)")
 
-            done = prune_audit(
-                audit_model, age, batch, now=now, requested_by="manage.py prune_audit", progress=report
-            )
+            done = prune_audit(audit_model, age, batch, now=now, requested_by=requested_by, progress=report)
             self.stdout.write(
                 self.style.SUCCESS(f"{table}: {done.deleted} rows deleted in {done.batches} batches")
             )
