@@ -244,8 +244,9 @@ class Call:
         self._end()
 
     def _no_ack(self, now: float, _: float) -> None:
-        # §13.3.1.4: the session is over; a full UA would send BYE, this node forgets the dialog.
-        self.core.dialogs.close_call(self)
+        # §13.3.1.4: the dialog is confirmed all the same (a late BYE still finds it: 200, not 481);
+        # the session should end with a BYE from us, which this node does not send yet.
+        self.core.dialogs.confirm_call(self)
         self._end()
 
     def _cancelled(self, now: float, _: float) -> None:  # §9.2: 487 for the INVITE
@@ -320,9 +321,12 @@ class Dialogs:
         entry = self._dialogs.pop(self.id_of(request), None)
         return entry[1] if entry is not None else None
 
-    def close_call(self, call: Call) -> None:
+    def confirm_call(self, call: Call) -> None:
         request = call.request
-        self._dialogs.pop((request.call_id or "", call.to_tag, request.from_tag or ""), None)
+        key = (request.call_id or "", call.to_tag, request.from_tag or "")
+        entry = self._dialogs.get(key)
+        if entry is not None:
+            self._dialogs[key] = (entry[0], None)
 
 
 class UasCore:

@@ -98,6 +98,11 @@ class SippResult:
     counts: dict[str, str]
     output: str
 
+    def failures(self) -> dict[str, str]:
+        """The non-zero cumulative counters, and the end of SIPp's output (for assertion messages)."""
+        counters = {k: v for k, v in self.stats.items() if k.endswith("(C)") and v not in ("0", "")}
+        return {**counters, "output": self.output[-1500:]}
+
     def stat(self, name: str) -> int:
         return int(self.stats[f"{name}(C)"])
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.sipcore.runtime.support import run_sipp, scenario
+from tests.sipcore.runtime.support import run_sipp, scenario, start_node
 
 
 def assert_all_succeeded(result, calls):
@@ -112,3 +112,22 @@ def invite(user: str, port: int, branch: str = "z9hG4bKtest1", call_id: str = "c
         f"Max-Forwards: 70\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:{user}@127.0.0.1>\r\n"
         f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:t@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
     )
+
+
+def test_thirty_percent_loss_both_ways_calls_complete_or_time_out_by_the_timers(node_env, tmp_path):
+    # SIPp drops 30% of what it sends and of what it receives; both ends retransmit: SIPp with
+    # T1 = 100 ms and T2 = 400 ms, at most 12 times (4.3 s, inside the node's 64*T1 = 6.4 s Timer J,
+    # as RFC 3261's Timer F would keep it), the node its 2xx until the ACK (§13.3.1.4) and its
+    # responses to retransmitted requests. A call may only fail by running out of retransmissions.
+    node = start_node(node_env, tmp_path, "--t1", "0.1", "--t2", "0.4", "--dialplan-refresh", "3600")
+    try:
+        result = run_sipp(node.address, tmp_path, "-sf", scenario("uac_retrans"), "-s", "alice", "-m", "40",
+                          "-r", "40", "-l", "40", "-lost", "30", "-T2", "400", "-max_retrans", "12")  # fmt: skip
+        timed_out = result.stat("FailedMaxUDPRetrans")
+        assert result.stat("SuccessfulCall") + timed_out == 40, result.failures()
+        assert timed_out <= 2, result.failures()
+        assert result.stat("Retransmissions") > 0  # the loss was real
+        assert node.metric("sip_retransmissions_total") > 0
+        assert node.metric("sip_dropped_total", reason="internal_error") == 0
+    finally:
+        node.process.stop()
