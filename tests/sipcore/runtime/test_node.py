@@ -68,7 +68,7 @@ def test_processes_share_one_port_with_reuseport_and_stop_together(node_env, tmp
 def node_metrics(port: int) -> float:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(
         float(line.rpartition(" ")[2])
