@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 
 from callops import jobs
 from callops.models import (
+    ALLOWED_TRANSITIONS,
     AuditPrune,
     CallSession,
     CallStateSnapshot,
@@ -144,7 +145,12 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("number", "title", "client__code", "client__name")
     list_select_related = ("client",)
     inlines = [StaffNoteInline, PhoneNoteInline]
-    actions = [_mark_as(status) for status in JobStatus if status != JobStatus.PENDING]
+    # One action per status some status may move to (none leads back to Pending).
+    actions = [
+        _mark_as(status)
+        for status in JobStatus
+        if any(status in targets for targets in ALLOWED_TRANSITIONS.values())
+    ]
     object_history_template = "admin/callops/job/object_history.html"
 
     def save_model(self, request: HttpRequest, obj: Job, form: JobAdminForm, change: bool) -> None:
