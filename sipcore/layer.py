@@ -284,8 +284,15 @@ class TransactionLayer:
                 metrics.dropped("internal_error")
 
     def _request(self, request: Request, source: Source, now: float) -> None:
-        key = TransactionKey.for_server(request)
-        tx = self.server.get(key)
+        # An RFC 2543 ACK may belong to an INVITE keyed without its To tag (§17.2.3).
+        tx = next(
+            (
+                found
+                for key in TransactionKey.server_keys_for(request)
+                if (found := self.server.get(key)) is not None
+            ),
+            None,
+        )
         if tx is not None:
             tx.receive(request, now)  # a retransmission, or the ACK of a non-2xx final (§17.2.1)
             self._touch(tx)

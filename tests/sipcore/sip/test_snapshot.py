@@ -413,3 +413,37 @@ def test_handle_timer_fires_each_timer_at_most_once_whatever_the_deadlines(start
     assert restored.version - version <= len(moved)
     assert len(restored.drain_outgoing()) <= len(moved)
     assert all(timer.deadline > now for timer in restored.timers.values())
+
+
+# Written by the previous release (schema 2), byte for byte.
+SCHEMA_2_DOCUMENTS = [
+    b'{"schema":2,"kind":"invite_server","state":"Completed","key":"s|z9hG4bK74bf9|pc33.atlanta.example.com:5060|'
+    b'INVITE","version":1,"created":1800000000.0,"updated":1800000000.25,"transport":["UDP",false,["192.0.2.1",5060'
+    b'],["192.0.2.2",5062]],"timers":{"G":[1800000000.75,0.5],"H":[1800000032.25,32.0]},"request":"INVITE sip:bob@'
+    b"biloxi.example.com SIP/2.0\\r\\nVia: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK74bf9\\r\\nMax-Forwa"
+    b"rds: 70\\r\\nTo: Bob <sip:bob@biloxi.example.com>\\r\\nFrom: Alice <sip:alice@atlanta.example.com>;tag=9fxce"
+    b"d76sl\\r\\nCall-ID: 3848276298220188511@atlanta.example.com\\r\\nCSeq: 1 INVITE\\r\\nContact: <sip:alice@pc3"
+    b'3.atlanta.example.com>\\r\\nContent-Length: 0\\r\\n\\r\\n","response":{"lines":["SIP/2.0 486 Busy Here",1,4,"'
+    b'To: Bob <sip:bob@biloxi.example.com>;tag=314159",5,6,8]}}',
+    b'{"schema":2,"kind":"invite_client","state":"Proceeding","key":"c|z9hG4bK74bf9|INVITE","version":1,"created":1'
+    b'800000000.0,"updated":1800000000.5,"transport":["TCP",true,["192.0.2.1",5060],["192.0.2.2",40000]],"timers":{'
+    b'"C":[1800000180.5,180.0]},"request":"INVITE sip:bob@biloxi.example.com SIP/2.0\\r\\nVia: SIP/2.0/TCP pc33.atl'
+    b"anta.example.com;branch=z9hG4bK74bf9\\r\\nMax-Forwards: 70\\r\\nTo: Bob <sip:bob@biloxi.example.com>\\r\\nFrom"
+    b": Alice <sip:alice@atlanta.example.com>;tag=9fxced76sl\\r\\nCall-ID: 3848276298220188511@atlanta.example.com"
+    b'\\r\\nCSeq: 1 INVITE\\r\\nContact: <sip:alice@pc33.atlanta.example.com>\\r\\nContent-Length: 0\\r\\n\\r\\n","re'
+    b'sponse":{"lines":["SIP/2.0 180 Ringing",1,4,"To: Bob <sip:bob@biloxi.example.com>;tag=314159",5,6,8]}}',
+]
+
+
+@pytest.mark.parametrize(
+    "data", SCHEMA_2_DOCUMENTS, ids=["invite server Completed", "invite client Proceeding"]
+)
+def test_schema_2_documents_of_the_previous_release_restore_and_carry_on(data):
+    restored = restore_transaction(TransactionSnapshot.from_json(data))
+    assert restored.snapshot().schema_version == SCHEMA_VERSION == 3
+    document = orjson.loads(data)
+    assert restored.state.value == document["state"]
+    assert str(restored.key) == document["key"]  # RFC 3261 keys are unchanged
+    assert {name: [t.deadline, t.interval] for name, t in restored.timers.items()} == document["timers"]
+    restored.handle_timer(restored.next_deadline())
+    assert restored.version == document["version"] + 1
