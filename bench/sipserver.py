@@ -1,0 +1,317 @@
+"""The SIP node against Kamailio, driven by SIPp in closed loop, in the same run.
+
+Run from the repository root (``make bench`` does, with REDIS_URL and DATABASE_URL set):
+``.venv/bin/python bench/sipserver.py [--calls N] [--quick]``.
+
+For each server and scenario, SIPp keeps ``--concurrency`` calls (default 500) in
+flight until ``--calls`` are done, on UDP:
+
+* OPTIONS -> 200 (one non-INVITE transaction per call);
+* INVITE -> 486 -> ACK to the ``busy`` rule (one INVITE server transaction per call).
+
+Servers: ``manage.py sipserver`` (one process, then ``--processes 2``, persistence
+off: it has none yet), and Kamailio from Debian's package as a stateful responder
+(``t_newtran()`` + ``t_reply()``, configuration generated into a temporary
+directory, one UDP worker). Reported: achieved transactions/s, SIPp's failed calls
+and retransmissions, and each server's CPU time per transaction: utime+stime of
+all its processes (read from /proc before and after) over the calls. SIPp shares
+the machine, so tx/s is bounded by SIPp and the cores; CPU per transaction is the
+fairer figure. Finally, the node's timer lateness p99 with ~2,000 live INVITE
+server transactions retransmitting (Timer G) and waiting for Timer H. The output
+is a report; the exit status is 0 unless a server could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "tests" / "sipcore" / "runtime" / "scenarios"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+KAMAILIO_CFG = """#!KAMAILIO
+debug=0
+log_stderror=yes
+memdbg=5
+memlog=5
+fork=yes
+children=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+mpath="{modules}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "textops.so"
+modparam("tm", "fr_timer", 32000)
+modparam("tm", "wt_timer", 5000)
+
+request_route {{
+    if (is_method("ACK")) {{
+        t_check_trans();  # the ACK of our 486: absorbed by its transaction
+        exit;
+    }}
+    if (!t_newtran()) {{
+        sl_reply_error();
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{
+        t_reply("200", "OK");
+        exit;
+    }}
+    if (is_method("INVITE")) {{
+        t_reply("486", "Busy Here");
+        exit;
+    }}
+    t_reply("405", "Method Not Allowed");
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime+stime of every live process in process group ``pgid`` (and their reaped children)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: pgrp
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+
+    def cpu(self) -> float:
+        return group_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def wait_udp(port: int, timeout: float = 30.0) -> None:
+    """Until an OPTIONS to the port gets an answer."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.5)
+        local = sock.getsockname()[1]
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            sock.sendto(
+                (
+                    f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bKwait{n}\r\n"
+                    f"From: <sip:b@127.0.0.1>;tag=w\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: wait{n}\r\n"
+                    f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                ).encode(),
+                ("127.0.0.1", port),
+            )
+            try:
+                sock.recv(65535)
+                return
+            except TimeoutError:
+                continue
+    raise RuntimeError(f"nothing answers on udp:127.0.0.1:{port}")
+
+
+def start_node(processes: int, metrics_port: int | None = None) -> Server:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sipnode-"))
+    args = [sys.executable, "manage.py", "sipserver", "--listen", f"udp:127.0.0.1:{port}",
+            "--processes", str(processes), "--node-id", f"bench-{port}", "--grace", "0.5",
+            "--metrics", f"127.0.0.1:{metrics_port}" if metrics_port else "off"]  # fmt: skip
+    log = (workdir / "node.log").open("wb")
+    process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"callops x{processes}", process, port, workdir)
+    wait_udp(port)
+    return server
+
+
+def start_kamailio() -> Server | None:
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    modules = next(
+        (p for p in Path("/usr/lib").glob("*/kamailio/modules") if (p / "tm.so").exists()),
+        Path("/usr/lib/x86_64-linux-gnu/kamailio/modules"),
+    )
+    if not Path(binary).exists() or not (modules / "tm.so").exists():
+        print("kamailio not installed (apt-get install kamailio): no comparison", flush=True)
+        return None
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-kamailio-"))
+    config = workdir / "kamailio.cfg"
+    config.write_text(KAMAILIO_CFG.format(port=port, modules=modules))
+    log = (workdir / "kamailio.log").open("wb")
+    args = [binary, "-f", str(config), "-DD", "-E", "-m", "256", "-M", "32", "-P", str(workdir / "k.pid"),
+            "-Y", str(workdir)]  # fmt: skip
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("kamailio", process, port, workdir)
+    try:
+        wait_udp(port)
+    except RuntimeError:
+        server.stop()
+        print((workdir / "kamailio.log").read_text()[-2000:])
+        raise
+    return server
+
+
+@dataclass
+class Run:
+    server: str
+    scenario: str
+    calls: int
+    seconds: float
+    successful: int
+    failed: int
+    retransmissions: int
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.successful / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / max(1, self.successful) * 1e6
+
+
+def run_sipp(server: Server, scenario: str, user: str, calls: int, concurrency: int) -> Run:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sipp-"))
+    stats = workdir / "stats.csv"
+    xml = (SCENARIOS / f"{scenario}.xml").read_text()
+    if "<action>" in xml:  # the test's header checks: Kamailio's 200 has no Allow; measure the exchange
+        xml = xml[: xml.index("<action>")] + xml[xml.index("</action>") + len("</action>") :]
+        xml = xml.replace('<Reference variables="1,2"/>', "")
+    (workdir / "scenario.xml").write_text(xml)
+    args = ["sipp", f"127.0.0.1:{server.port}", "-sf", str(workdir / "scenario.xml"), "-s", user,
+            "-i", "127.0.0.1", "-p", str(free_port()), "-m", str(calls), "-l", str(concurrency),
+            "-r", "1000000", "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "3600",
+            "-max_recv_loops", "10000", "-buff_size", "4194304"]  # fmt: skip
+    cpu_before = server.cpu()
+    started = time.monotonic()
+    subprocess.run(args, cwd=workdir, capture_output=True, timeout=600, check=False)
+    seconds = time.monotonic() - started
+    cpu = server.cpu() - cpu_before
+    rows = list(csv.reader(stats.read_text().splitlines(), delimiter=";"))
+    row = dict(zip(rows[0], rows[-1], strict=False))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return Run(server.name, scenario, calls, seconds, int(row["SuccessfulCall(C)"]), int(row["FailedCall(C)"]),
+               int(row["Retransmissions(C)"]), cpu)  # fmt: skip
+
+
+def lateness_p99(calls: int) -> tuple[float, float]:
+    """The node's timer lateness p99 (from its histogram) while ~``calls`` INVITEs wait for an ACK."""
+    metrics_port = free_port()
+    node = start_node(1, metrics_port)
+    try:
+        # 486s never ACKed: each transaction retransmits (Timer G) until Timer H (32 s).
+        run_sipp_noack(node, calls)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        node.stop()
+    buckets = []
+    live = 0.0
+    for line in text.splitlines():
+        if line.startswith("sip_timer_lateness_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append(
+                (float("inf") if bound == "+Inf" else float(bound), float(line.rpartition(" ")[2]))
+            )
+        if line.startswith('sip_transactions{kind="invite_server"'):
+            live += float(line.rpartition(" ")[2])
+    total = buckets[-1][1] if buckets else 0.0
+    p99 = next((bound for bound, count in buckets if count >= 0.99 * total), float("nan"))
+    return p99, live
+
+
+def run_sipp_noack(server: Server, calls: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sipp-"))
+    scenario = workdir / "noack.xml"
+    # The never-ACK scenario with a short pause: SIPp leaves, the node keeps retransmitting.
+    scenario.write_text(
+        (SCENARIOS / "invite_noack.xml").read_text().replace('milliseconds="4000"', 'milliseconds="1"')
+    )
+    args = ["sipp", f"127.0.0.1:{server.port}", "-sf", str(scenario), "-s", "busy", "-i", "127.0.0.1",
+            "-p", str(free_port()), "-m", str(calls), "-r", "1000", "-l", str(calls), "-nostdin"]  # fmt: skip
+    subprocess.run(args, cwd=workdir, capture_output=True, timeout=120, check=False)
+    time.sleep(8.0)  # Timer G keeps firing (doubling to T2 = 4 s) for every transaction
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=30000, help="calls per run")
+    parser.add_argument("--concurrency", type=int, default=500, help="SIPp -l")
+    parser.add_argument("--quick", action="store_true", help="5,000 calls per run")
+    args = parser.parse_args()
+    calls = 5000 if args.quick else args.calls
+    if not shutil.which("sipp"):
+        print("sipp not installed (apt-get install sip-tester)")
+        return 1
+    os.environ.setdefault("DEBUG", "1")
+    runs: list[Run] = []
+    scenarios = (("options", "ping"), ("invite_busy", "busy"))
+    for starter in (start_kamailio, lambda: start_node(1), lambda: start_node(2)):
+        server = starter()
+        if server is None:
+            continue
+        try:
+            for scenario, user in scenarios:
+                runs.append(run_sipp(server, scenario, user, calls, args.concurrency))
+                print(f"  {runs[-1]}", flush=True)
+        finally:
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+    print(f"\nSIPp closed loop, -l {args.concurrency}, {calls} calls per run, UDP on loopback "
+          f"({os.cpu_count()} cores shared with SIPp)\n")  # fmt: skip
+    print(
+        f"{'server':<14} {'scenario':<22} {'tx/s':>8} {'failed':>7} {'retrans':>8} {'CPU us/tx':>10} {'vs kamailio':>12}"
+    )
+    kamailio = {run.scenario: run for run in runs if run.server == "kamailio"}
+    for run in runs:
+        base = kamailio.get(run.scenario)
+        ratio = f"{run.cpu_us / base.cpu_us:.2f}x CPU" if base and run.server != "kamailio" else ""
+        label = "OPTIONS" if run.scenario == "options" else "INVITE->486->ACK"
+        print(f"{run.server:<14} {label:<22} {run.rate:>8.0f} {run.failed:>7} {run.retransmissions:>8} "
+              f"{run.cpu_us:>10.1f} {ratio:>12}")  # fmt: skip
+    p99, live = lateness_p99(2000)
+    print(f"\ncallops x1: timer lateness p99 {p99 * 1000:.1f} ms (histogram bucket bound) with "
+          f"{live:.0f} INVITE server transactions live after 2,000 unACKed 486s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
