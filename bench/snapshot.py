@@ -102,7 +102,13 @@ def typical_transactions(now: float) -> dict[str, Transaction]:
 
 def baseline_snapshot(tx: Transaction) -> str:
     copied = copy.deepcopy(
-        {"request": tx.request, "response": tx.last_response, "timers": tx.timers, "transport": tx.transport}
+        # The live objects themselves (tx.request and tx.last_response hand out copies).
+        {
+            "request": tx._request,
+            "response": tx._last_response,
+            "timers": tx.timers,
+            "transport": tx.transport,
+        }
     )
     document = {
         "kind": tx.KIND,
