@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
+from callops.ivr.numbers import digits_from_words
+
 # --- stages, languages, actions ------------------------------------------------------
 
 
@@ -392,23 +394,6 @@ def _vocabulary(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-# Spanish and English words for each digit, as speech recognition may return them.
-DIGIT_WORDS: Mapping[str, str] = {
-    word: digit
-    for digit, spoken in {
-        "0": "cero zero oh",
-        "1": "uno one",  # not "un"/"una": articles far more often than digits
-        "2": "dos two",
-        "3": "tres three",
-        "4": "cuatro four",
-        "5": "cinco five",
-        "6": "seis six",
-        "7": "siete seven",
-        "8": "ocho eight",
-        "9": "nueve nine",
-    }.items()
-    for word in spoken.split()
-}
 YES_WORDS = _vocabulary(
     "si yes correcto correct confirmo confirmar confirm claro yeah yep afirmativo ok okay vale"
 )
@@ -453,14 +438,11 @@ def _is_digits(text: str) -> bool:
 
 
 def spoken_number(tokens: tuple[str, ...]) -> str:
-    """Digits from speech: "uno cero cero uno", "1001." or "10 01" -> "1001"."""
-    digits = []
-    for token in tokens:
-        if _is_digits(token):
-            digits.append(token)
-        elif token in DIGIT_WORDS:
-            digits.append(DIGIT_WORDS[token])
-    return "".join(digits)
+    """Digits from speech: "uno cero cero uno", "dos mil uno", "1001." or "10 01" -> "1001"/"2001".
+
+    Reading stops once the number is longer than any id (callops.ivr.numbers has the rules).
+    """
+    return digits_from_words(tokens, limit=MAX_NUMBER_DIGITS)
 
 
 @dataclass(frozen=True)
@@ -572,8 +554,14 @@ def _job_lines(job: JobSummary) -> tuple[Line, ...]:
     return (Line(PromptKey.READ_JOB, (*args, ("date", job.scheduled_for.isoformat()))),)
 
 
+def status_changes(job: JobSummary) -> tuple[str, ...]:
+    """Where the job's status may move: the allowed transitions, minus where it already is
+    (choosing that would change nothing, so it is neither offered nor accepted)."""
+    return tuple(status for status in job.allowed_statuses if status != job.status)
+
+
 def _status_options(job: JobSummary) -> tuple[Line, ...]:
-    offered = sorted(job.allowed_statuses, key=lambda status: KEY_BY_STATUS.get(status, "9"))
+    offered = sorted(status_changes(job), key=lambda status: KEY_BY_STATUS.get(status, "9"))
     return tuple(
         Line(PromptKey.STATUS_OPTION, (("status", status), ("key", KEY_BY_STATUS[status])))
         for status in offered
@@ -767,7 +755,7 @@ def _action_chosen(state: CallState, utterance: Utterance, ctx: Context) -> Tran
         return Transition(ended, Prompt((Line(PromptKey.GOODBYE),), None), (EndCall(Outcome.COMPLETED),))
     assert isinstance(choice, ActionType)
     assert state.job is not None, "ASK_ACTION without a job"
-    if choice is ActionType.STATUS and not state.job.allowed_statuses:
+    if choice is ActionType.STATUS and not status_changes(state.job):
         return _fail(state, ctx, Line(PromptKey.STATUS_IS_FINAL, (("status", state.job.status),)))
     return _say(_move(state, ctx, Stage.EXECUTE_ACTION, action_type=choice, action_value=""))
 
@@ -785,7 +773,7 @@ def _action_value_given(state: CallState, utterance: Utterance, ctx: Context) ->
             status = _chosen_status(utterance)
             if status is None:
                 return _fail(state, ctx, Line(PromptKey.NOT_UNDERSTOOD))
-            if status not in state.job.allowed_statuses:
+            if status not in status_changes(state.job):
                 return _fail(state, ctx, Line(PromptKey.STATUS_NOT_OFFERED, (("status", status),)))
             effect: Effect = SetJobStatus(client_id, job_number, status)
             value = status

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from callops.ivr import machine
+from callops.ivr import machine, numbers
 from callops.ivr.machine import (
     END_STAGES,
     ActionDone,
@@ -162,6 +162,12 @@ CASES = [
      Stage.COLLECT_CLIENT_ID, 0, (LookUpClient("1001"),), None),
     ("client id spoken as numerals", at(Stage.COLLECT_CLIENT_ID), Speech("My number is 10 01"),
      Stage.COLLECT_CLIENT_ID, 0, (LookUpClient("1001"),), None),
+    ("client id spoken as a number", at(Stage.COLLECT_CLIENT_ID), Speech("Dos mil uno"),
+     Stage.COLLECT_CLIENT_ID, 0, (LookUpClient("2001"),), None),
+    ("client id spoken as a number in English", at(Stage.COLLECT_CLIENT_ID), Speech("one thousand and one"),
+     Stage.COLLECT_CLIENT_ID, 0, (LookUpClient("1001"),), None),
+    ("client id spoken too long", at(Stage.COLLECT_CLIENT_ID), Speech("un millón un millón un millón"),
+     Stage.COLLECT_CLIENT_ID, 1, (), [PromptKey.NUMBER_TOO_LONG, PromptKey.ASK_CLIENT_ID, PromptKey.LANGUAGE_HINT]),
     ("client id not a number", at(Stage.COLLECT_CLIENT_ID), Speech("buenas tardes"),
      Stage.COLLECT_CLIENT_ID, 1, (), [PromptKey.NOT_UNDERSTOOD, PromptKey.ASK_CLIENT_ID, PromptKey.LANGUAGE_HINT]),
     ("client id too long", at(Stage.COLLECT_CLIENT_ID), Digits("1234567890123"),
@@ -172,6 +178,8 @@ CASES = [
      Stage.COLLECT_CLIENT_ID, 1, (), [PromptKey.CLIENT_NOT_FOUND, PromptKey.ASK_CLIENT_ID, PromptKey.LANGUAGE_HINT]),
     ("job number keyed", at(Stage.COLLECT_JOB_NUMBER), Digits("501"),
      Stage.COLLECT_JOB_NUMBER, 0, (LookUpJob("1001", "501"),), None),
+    ("job number said", at(Stage.COLLECT_JOB_NUMBER), Speech("Quinientos uno"),
+     Stage.COLLECT_JOB_NUMBER, 0, (LookUpJob("1001", "501"),), None),
     ("job found", at(Stage.COLLECT_JOB_NUMBER, job_number="501"), JobFound(JOB),
      Stage.CONFIRM_JOB, 0, (), [PromptKey.READ_JOB, PromptKey.CONFIRM_JOB]),
     ("job not found", at(Stage.COLLECT_JOB_NUMBER, job_number="999"), JobNotFound("1001", "999"),
@@ -181,8 +189,8 @@ CASES = [
     ("another job", at(Stage.CONFIRM_JOB), Speech("no"), Stage.COLLECT_JOB_NUMBER, 0, (), [PromptKey.ASK_JOB_NUMBER]),
     ("confirm unclear", at(Stage.CONFIRM_JOB), Speech("no sí"), Stage.CONFIRM_JOB, 1, (),
      [PromptKey.NOT_UNDERSTOOD, PromptKey.READ_JOB, PromptKey.CONFIRM_JOB]),
-    ("status chosen", at(Stage.ASK_ACTION), Digits("1"), Stage.EXECUTE_ACTION, 0, (),
-     [PromptKey.ASK_STATUS] + [PromptKey.STATUS_OPTION] * 4 + [PromptKey.GO_BACK_HINT]),
+    ("status chosen: only real changes offered", at(Stage.ASK_ACTION), Digits("1"), Stage.EXECUTE_ACTION, 0, (),
+     [PromptKey.ASK_STATUS] + [PromptKey.STATUS_OPTION] * 3 + [PromptKey.GO_BACK_HINT]),
     ("note chosen by word", at(Stage.ASK_ACTION), Speech("Quiero agregar una nota"), Stage.EXECUTE_ACTION, 0, (),
      [PromptKey.ASK_NOTE, PromptKey.GO_BACK_HINT]),
     ("reschedule chosen", at(Stage.ASK_ACTION), Digits("3"), Stage.EXECUTE_ACTION, 0, (),
@@ -198,7 +206,13 @@ CASES = [
     ("status said", at(Stage.EXECUTE_ACTION), Speech("en espera"), Stage.EXECUTE_ACTION, 0,
      (SetJobStatus("1001", "501", "on_hold"),), None),
     ("status not offered", at(Stage.EXECUTE_ACTION), Digits("1"), Stage.EXECUTE_ACTION, 1, (),
-     [PromptKey.STATUS_NOT_OFFERED, PromptKey.ASK_STATUS] + [PromptKey.STATUS_OPTION] * 4 + [PromptKey.GO_BACK_HINT]),
+     [PromptKey.STATUS_NOT_OFFERED, PromptKey.ASK_STATUS] + [PromptKey.STATUS_OPTION] * 3 + [PromptKey.GO_BACK_HINT]),
+    ("status keyed is the current one", at(Stage.EXECUTE_ACTION), Digits("4"), Stage.EXECUTE_ACTION, 1, (),
+     [PromptKey.STATUS_NOT_OFFERED, PromptKey.ASK_STATUS] + [PromptKey.STATUS_OPTION] * 3 + [PromptKey.GO_BACK_HINT]),
+    ("status said is the current one", at(Stage.EXECUTE_ACTION), Speech("programado"), Stage.EXECUTE_ACTION, 1, (),
+     [PromptKey.STATUS_NOT_OFFERED, PromptKey.ASK_STATUS] + [PromptKey.STATUS_OPTION] * 3 + [PromptKey.GO_BACK_HINT]),
+    ("status whose only transition is to itself", at(Stage.ASK_ACTION, job=replace(JOB, allowed_statuses=("scheduled",))),
+     Digits("1"), Stage.ASK_ACTION, 1, (), [PromptKey.STATUS_IS_FINAL, PromptKey.ASK_ACTION]),
     ("back to the menu", at(Stage.EXECUTE_ACTION), Digits("0"), Stage.ASK_ACTION, 0, (), [PromptKey.ASK_ACTION]),
     ("note said", at(Stage.EXECUTE_ACTION, action_type=ActionType.NOTE), Speech("Volver a revisar el filtro."),
      Stage.EXECUTE_ACTION, 0, (AddJobNote("1001", "501", "Volver a revisar el filtro."),), None),
@@ -207,6 +221,8 @@ CASES = [
     ("note abandoned by word", at(Stage.EXECUTE_ACTION, action_type=ActionType.NOTE), Speech("volver"),
      Stage.ASK_ACTION, 0, (), [PromptKey.ASK_ACTION]),
     ("date keyed", at(Stage.EXECUTE_ACTION, action_type=ActionType.RESCHEDULE), Digits("20261130"),
+     Stage.EXECUTE_ACTION, 0, (RescheduleJob("1001", "501", date(2026, 11, 30)),), None),
+    ("date said", at(Stage.EXECUTE_ACTION, action_type=ActionType.RESCHEDULE), Speech("dos mil veintiséis once treinta"),
      Stage.EXECUTE_ACTION, 0, (RescheduleJob("1001", "501", date(2026, 11, 30)),), None),
     ("date today", at(Stage.EXECUTE_ACTION, action_type=ActionType.RESCHEDULE), Digits("20261123"),
      Stage.EXECUTE_ACTION, 0, (RescheduleJob("1001", "501", TODAY),), None),
@@ -383,13 +399,14 @@ def test_every_status_key_is_a_job_status_and_offers_follow_allowed_transitions(
     for status, allowed in ALLOWED_TRANSITIONS.items():
         job = replace(JOB, status=status, allowed_statuses=tuple(sorted(allowed)))
         transition = feed(at(Stage.ASK_ACTION, job=job), Digits("1"))
-        if not allowed:
+        if not allowed - {status}:
             assert keys(transition)[0] is PromptKey.STATUS_IS_FINAL
             continue
         offered = [
             line.arg("status") for line in transition.prompt.lines if line.key is PromptKey.STATUS_OPTION
         ]
-        assert sorted(offered) == sorted(allowed)
+        assert sorted(offered) == sorted(allowed - {status})  # never the status it already has
+        assert status not in offered
 
 
 def test_outcome_for_each_end_stage():
@@ -405,16 +422,17 @@ def test_record_makes_audit_data():
     assert machine.record((EndCall(Outcome.GAVE_UP),)) == [{"kind": "end_call", "outcome": "gave_up"}]
 
 
-def test_the_machine_is_pure():
-    """No Django, Redis, I/O or clock: it can only compute."""
-    source = Path(machine.__file__).read_text()
+@pytest.mark.parametrize("module", [machine, numbers])
+def test_the_machine_is_pure(module):
+    """No Django, Redis, I/O or clock: it can only compute (and read spoken numbers, likewise pure)."""
+    source = Path(module.__file__).read_text()
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
+            imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= {
+            imported.add(node.module or "")
+    assert {name.split(".")[0] for name in imported} - {"callops"} <= {
         "__future__",
         "dataclasses",
         "enum",
@@ -423,6 +441,7 @@ def test_the_machine_is_pure():
         "datetime",
         "typing",
     }
+    assert {name for name in imported if name.startswith("callops")} <= {"callops.ivr.numbers"}
     assert "datetime.now" not in source
     assert ".today()" not in source
 
