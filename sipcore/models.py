@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from sipcore.dialplan import DEMO_RULES, DialPlan, Rule
+from sipcore.peers import Peer, ProbeResult
 
 
 def validate_pattern(value: str) -> None:
@@ -118,3 +120,16 @@ class SipPeer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.uri}): {self.status}"
+
+    @classmethod
+    def load_probes(cls) -> list[Peer]:
+        return [Peer(p.pk, p.name, p.uri, p.interval) for p in cls.objects.filter(enabled=True)]
+
+    @classmethod
+    def record_probe(cls, result: ProbeResult) -> None:
+        status = PeerStatus.UP if result.up else PeerStatus.DOWN
+        now = timezone.now()
+        cls.objects.filter(pk=result.peer_id).update(
+            last_status_code=result.status_code, last_rtt_ms=result.rtt_ms, last_probe_at=now
+        )
+        cls.objects.filter(pk=result.peer_id).exclude(status=status).update(status=status, last_change_at=now)

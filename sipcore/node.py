@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sipcore.dialplan import DialPlan
+from sipcore.endpoint import Endpoint
 from sipcore.layer import TransactionLayer, TransactionStore
 from sipcore.metrics import NodeMetrics
+from sipcore.peers import PeerProber
 from sipcore.sip import Timings
 from sipcore.transport import TcpTransport, Transport, UdpTransport
 from sipcore.uas import DEFAULT_TIMER_C, UasCore
@@ -60,9 +62,11 @@ class Node:
         config: NodeConfig,
         load_plan: Callable[[], DialPlan],
         store: TransactionStore | None = None,
+        prober: Callable[[Endpoint], PeerProber] | None = None,
     ):
         self.config = config
         self.load_plan = load_plan
+        self.prober = prober
         self.store = store
         self.metrics = NodeMetrics(config.node_id)
         self.transports: list[Transport] = []
@@ -103,6 +107,9 @@ class Node:
                 log.warning("metrics port %s:%s unavailable: %s", *config.metrics, exc)
         self._tasks.append(asyncio.ensure_future(self.metrics.watch_loop_lag()))
         self._tasks.append(asyncio.ensure_future(self._refresh_plan()))
+        if self.prober is not None:
+            self.endpoint = Endpoint(self.layer)
+            self._tasks.append(asyncio.ensure_future(self.prober(self.endpoint).run()))
         if config.redis_url:
             self._tasks.append(asyncio.ensure_future(self._heartbeat()))
         addresses = ", ".join(f"{t.protocol.lower()}:{t.local[0]}:{t.local[1]}" for t in self.transports)
@@ -191,7 +198,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_node(config: NodeConfig, load_plan: Callable[[], DialPlan]) -> int:
+def run_node(
+    config: NodeConfig,
+    load_plan: Callable[[], DialPlan],
+    prober: Callable[[Endpoint], PeerProber] | None = None,
+) -> int:
     # Live transactions are many small, long-lived objects: keep the cyclic collector from
     # walking all of them every few thousand allocations (what start-up loaded is frozen).
     gc.freeze()
@@ -199,6 +210,6 @@ def run_node(config: NodeConfig, load_plan: Callable[[], DialPlan]) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(Node(config, load_plan).run())
+        return loop.run_until_complete(Node(config, load_plan, prober=prober).run())
     finally:
         loop.close()

@@ -16,7 +16,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from callops.config import ConfigError, parse_listen_address
+from sipcore.endpoint import Endpoint
 from sipcore.node import Listen, NodeConfig, run_node
+from sipcore.peers import PeerProber
 from sipcore.sip import Timings
 
 
@@ -30,6 +32,24 @@ def load_plan():  # type: ignore[no-untyped-def]
         return DialPlanRule.load_plan()
     finally:
         close_old_connections()
+
+
+def peer_prober(endpoint: Endpoint, refresh: float) -> PeerProber:
+    from sipcore.models import SipPeer
+
+    def load():  # type: ignore[no-untyped-def]
+        from django.db import close_old_connections
+
+        close_old_connections()
+        return SipPeer.load_probes()
+
+    def record(result):  # type: ignore[no-untyped-def]
+        from django.db import close_old_connections
+
+        close_old_connections()
+        SipPeer.record_probe(result)
+
+    return PeerProber(endpoint, load, record, refresh=refresh)
 
 
 class Command(BaseCommand):
@@ -62,6 +82,12 @@ class Command(BaseCommand):
             type=float,
             default=10.0,
             help="seconds between dial plan reloads from the database",
+        )
+        parser.add_argument(
+            "--peers-refresh",
+            type=float,
+            default=5.0,
+            help="seconds between reloads of the SIP peers to probe with OPTIONS; 0: no probes",
         )
         parser.add_argument(
             "--grace", type=float, default=5.0, help="seconds to let transactions finish on stop"
@@ -100,7 +126,9 @@ class Command(BaseCommand):
             dialplan_refresh=options["dialplan_refresh"],
             redis_url=settings.REDIS_URL or None,
         )
-        sys.exit(run_node(config, load_plan))
+        refresh = options["peers_refresh"]
+        prober = None if refresh <= 0 else (lambda endpoint: peer_prober(endpoint, refresh))
+        sys.exit(run_node(config, load_plan, prober))
 
     def _supervise(self, options: dict[str, Any], node_id: str, metrics: tuple[str, int] | None) -> int:
         children = []
@@ -124,6 +152,8 @@ class Command(BaseCommand):
                 str(options["grace"]),
                 "--dialplan-refresh",
                 str(options["dialplan_refresh"]),
+                "--peers-refresh",  # one prober is enough
+                str(options["peers_refresh"] if index == 0 else 0),
                 "--metrics",
                 "off" if metrics is None else f"{metrics[0]}:{metrics[1] + index}",
             ]
