@@ -73,13 +73,31 @@ def check_snapshot_data(snapshot: TransactionSnapshot) -> None:
     usable version counter and clock readings, finite deadlines, and intervals that
     move the clock forward (a timer re-armed from ``now`` is never due at ``now``
     again, so ``handle_timer`` cannot spin)."""
+    fields: tuple[tuple[str, object, Any], ...] = (
+        ("kind", snapshot.kind, str),
+        ("state", snapshot.state, str),
+        ("key", snapshot.key, str),
+        ("request", snapshot.request, bytes),
+        ("last_response", snapshot.last_response, bytes | None),
+        ("transport", snapshot.transport, TransportInfo),
+        ("timings", snapshot.timings, Timings),
+    )
+    for field_name, field_value, expected in fields:
+        if not isinstance(field_value, expected):
+            raise InvalidSnapshotError(f"{field_name} must be {expected}, got {type(field_value).__name__}")
+    if not isinstance(snapshot.timers, tuple) or not all(
+        isinstance(timer, tuple) and len(timer) == 3 and isinstance(timer[0], str)
+        for timer in snapshot.timers
+    ):
+        raise InvalidSnapshotError("timers must be (name, deadline, interval) tuples")
     if snapshot.schema_version != SCHEMA_VERSION:
         raise InvalidSnapshotError(
             f"snapshot schema version {snapshot.schema_version} is not {SCHEMA_VERSION}; "
             "decode stored snapshots with TransactionSnapshot.from_json, which migrates them"
         )
-    if isinstance(snapshot.version, bool) or not isinstance(snapshot.version, int) or snapshot.version < 0:
-        raise InvalidSnapshotError(f"version must be a non-negative integer, got {snapshot.version!r}")
+    version = snapshot.version
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
+        raise InvalidSnapshotError(f"version must be a non-negative 64-bit integer, got {version!r}")
     for what, value in (("created_at", snapshot.created_at), ("updated_at", snapshot.updated_at)):
         if not _is_number(value) or not -MAX_CLOCK <= value <= MAX_CLOCK:
             raise InvalidSnapshotError(f"{what} must be a finite clock reading, got {value!r}")
@@ -155,7 +173,7 @@ def _from_document(document: Mapping[str, Any]) -> TransactionSnapshot:
         )
     except InvalidSnapshotError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InvalidSnapshotError(f"snapshot is malformed: {type(exc).__name__}: {exc}") from None
 
 

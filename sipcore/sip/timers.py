@@ -96,6 +96,9 @@ class TransportInfo:
         object.__setattr__(self, "protocol", self.protocol.upper())
         object.__setattr__(self, "local", (str(self.local[0]), int(self.local[1])))
         object.__setattr__(self, "remote", (str(self.remote[0]), int(self.remote[1])))
+        for side, (_, port) in (("local", self.local), ("remote", self.remote)):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{side} port {port} is not 0-65535")
         if self.reliable != (self.protocol in RELIABLE_TRANSPORTS):
             raise ValueError(
                 f"{self.protocol} is {'' if self.protocol in RELIABLE_TRANSPORTS else 'not '}reliable"

@@ -1019,10 +1019,10 @@ def restore_transaction(snapshot: TransactionSnapshot, transport: TransportInfo 
     does not describe a transaction that could exist raises InvalidSnapshotError
     naming the problem.
     """
+    check_snapshot_data(snapshot)
     cls = TRANSACTION_CLASSES.get(snapshot.kind)
     if cls is None:
         raise InvalidSnapshotError(f"unknown transaction kind {snapshot.kind!r}")
-    check_snapshot_data(snapshot)
     try:
         state = TransactionState(snapshot.state)
     except ValueError:

@@ -249,7 +249,7 @@ INVALID = [
     ("Timer H not 64*T1", _timer("H", interval=31.0), "timer H has interval 31.0"),
     ("NaN created", _edit(created="nan"), "created_at must be a finite clock reading"),
     ("infinite updated", _edit(updated="-inf"), "updated_at must be a finite clock reading"),
-    ("negative version", _edit(version=-1), "version must be a non-negative integer"),
+    ("negative version", _edit(version=-1), "version must be a non-negative 64-bit integer"),
     (
         "Completed holding a 180",
         lambda d: {
@@ -447,3 +447,55 @@ def test_schema_2_documents_of_the_previous_release_restore_and_carry_on(data):
     assert {name: [t.deadline, t.interval] for name, t in restored.timers.items()} == document["timers"]
     restored.handle_timer(restored.next_deadline())
     assert restored.version == document["version"] + 1
+
+
+# --- hostile documents: refused by name, never a crash ---
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["nan", "inf", "-inf", "", "Completed", "G", "UDP", "1e999", "SIP/2.0 200 OK"])
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _paths(child, (*prefix, index))
+
+
+@settings(max_examples=500, deadline=None)
+@given(start=st.sampled_from(sorted(PATHS)), data=st.data())
+def test_a_mutated_document_restores_or_is_refused_by_name(start, data):
+    document = orjson.loads(reach(*start).snapshot().to_json())
+    paths = [path for path in _paths(document) if path]
+    path = data.draw(st.sampled_from(paths), label="path")
+    value = data.draw(JSON_VALUES, label="value")
+    target = document
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    try:
+        restored = restore_transaction(TransactionSnapshot.from_json(orjson.dumps(document)))
+    except InvalidSnapshotError:
+        return
+    # Whatever was accepted is a transaction that works: its timers fire and end.
+    for _ in range(200):
+        deadline = restored.next_deadline()
+        if deadline is None:
+            break
+        restored.handle_timer(deadline)
+        restored.drain_outgoing()
+    assert restored.next_deadline() is None
+    assert restored.snapshot().to_json()
