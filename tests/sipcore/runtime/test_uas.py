@@ -1,0 +1,167 @@
+"""RFC 3261 §8.2 refusals that the torture vectors do not cover, metrics and logs, over raw sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from tests.sipcore.runtime.test_sipp import invite
+
+
+def exchange(
+    node, datagrams, *, expect: int = 1, timeout: float = 2.0, family=socket.AF_INET, host="127.0.0.1"
+):
+    """Send each datagram from one socket; the responses received (decoded), at least ``expect``."""
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+        sock.settimeout(timeout)
+        for datagram in datagrams(port):
+            sock.sendto(datagram.encode() if isinstance(datagram, str) else datagram, (host, node.port))
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < expect and time.monotonic() < deadline:
+            try:
+                got.append(sock.recv(65535).decode())
+            except TimeoutError:
+                break
+        return got
+
+
+def finals(responses):
+    return [r.split("\r\n", 1)[0] for r in responses if not r.startswith("SIP/2.0 1")]
+
+
+def test_merged_request_gets_482(sip_node):
+    # Same Call-ID, From tag and CSeq as a live transaction, another branch: a fork merging back (§8.2.2.2).
+    def datagrams(port):
+        yield invite("noanswer", port, branch="z9hG4bKmerge1", call_id="merge@test")
+        yield invite("noanswer", port, branch="z9hG4bKmerge2", call_id="merge@test")
+
+    got = exchange(sip_node, datagrams, expect=4)
+    assert "SIP/2.0 482 Loop Detected" in finals(got)
+    assert all("z9hG4bKmerge2" in r for r in got if r.startswith("SIP/2.0 482"))
+
+
+def test_max_forwards_zero_gets_483_but_options_is_answered(sip_node):
+    def datagrams(port):
+        yield invite("alice", port, branch="z9hG4bKmf0", call_id="mf0@test").replace(
+            "Max-Forwards: 70", "Max-Forwards: 0"
+        )
+
+    assert finals(exchange(sip_node, datagrams)) == ["SIP/2.0 483 Too Many Hops"]
+
+
+def test_bye_outside_any_dialog_gets_481_and_creates_no_transaction(sip_node):
+    before = sip_node.metric("sip_refused_total", status="481")
+
+    def datagrams(port):
+        yield (
+            invite("alice", port, branch="z9hG4bKbye", call_id="bye@test")
+            .replace("INVITE", "BYE")
+            .replace("To: <sip:alice@127.0.0.1>", "To: <sip:alice@127.0.0.1>;tag=nosuchdialog")
+        )
+
+    assert finals(exchange(sip_node, datagrams)) == ["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    assert sip_node.metric("sip_refused_total", status="481") == before + 1
+    assert sip_node.metric("sip_transactions", kind="non_invite_server") == 0
+
+
+def test_unsupported_require_gets_420_with_unsupported(sip_node):
+    def datagrams(port):
+        yield invite("alice", port, branch="z9hG4bKreq", call_id="req@test").replace(
+            "Content-Length: 0", "Require: 100rel, timer\r\nContent-Length: 0"
+        )
+
+    (answer,) = exchange(sip_node, datagrams)
+    assert answer.startswith("SIP/2.0 420 Bad Extension\r\n")
+    assert "\r\nUnsupported: 100rel, timer\r\n" in answer
+
+
+def test_refusals_and_drops_are_json_log_lines_with_the_reason(sip_node):
+    def datagrams(port):
+        yield (
+            invite("alice", port, branch="z9hG4bKlog", call_id="log-line@test")
+            .replace("INVITE sip", "SUBSCRIBE sip", 1)
+            .replace("CSeq: 1 INVITE", "CSeq: 1 SUBSCRIBE")
+        )
+        yield b"\x00\x01 not sip at all"
+
+    assert finals(exchange(sip_node, datagrams)) == ["SIP/2.0 405 Method Not Allowed"]
+    time.sleep(0.3)
+    lines = [json.loads(line) for line in sip_node.process.output().splitlines() if line.startswith("{")]
+    refused = [
+        line for line in lines if line.get("event") == "sip_refuse" and line.get("call_id") == "log-line@test"
+    ]
+    assert refused
+    assert refused[0]["status"] == 405
+    assert refused[0]["reason"] == "Method Not Allowed"
+    assert any(line.get("event") == "sip_drop" and line.get("reason") == "unparseable" for line in lines)
+
+
+def test_metrics_count_messages_transactions_timers_and_loop_lag(sip_node):
+    def datagrams(port):
+        yield invite("busy", port, branch="z9hG4bKmetrics", call_id="metrics@test")
+
+    exchange(sip_node, datagrams, expect=2, timeout=0.5)  # 486 and a Timer G retransmission
+    samples = sip_node.metrics()
+    assert samples['sip_messages_in_total{method="INVITE",status=""}'] >= 1
+    assert samples['sip_messages_out_total{method="INVITE",status="486"}'] >= 1
+    assert any(key.startswith('sip_transactions{kind="invite_server",state="Completed"}') for key in samples)
+    assert samples["sip_timer_lateness_seconds_count"] >= 1
+    assert samples["sip_loop_lag_seconds_count"] >= 1
+    assert samples["sip_node_durable"] == 0
+
+
+def test_tcp_garbage_closes_the_connection_and_the_node_serves_on(sip_node):
+    with socket.create_connection(("127.0.0.1", sip_node.port), timeout=3) as conn:
+        conn.sendall(b"INVITE sip:x SIP/2.0\r\nVia: broken\r\n\r\n")  # no Content-Length: framing is lost
+        assert conn.recv(65535) == b""  # closed by the node
+    with socket.create_connection(("127.0.0.1", sip_node.port), timeout=3) as conn:
+        port = conn.getsockname()[1]
+        message = invite("busy", port, branch="z9hG4bKtcp", call_id="tcp@test").replace(
+            "SIP/2.0/UDP", "SIP/2.0/TCP"
+        )
+        conn.sendall(message.encode())
+        data = b""
+        while b"486" not in data:
+            data += conn.recv(65535)
+    assert data.startswith(b"SIP/2.0 486 Busy Here\r\n")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET6])
+def test_ipv6_node_answers(node_env, tmp_path, family):
+    import sys
+
+    from tests.sipcore.runtime.support import SipNode, free_udp_tcp_port
+    from tests.support.processes import ManagedProcess, wait_for
+
+    port = free_udp_tcp_port()
+    process = ManagedProcess(
+        "sipserver6",
+        [
+            sys.executable,
+            "manage.py",
+            "sipserver",
+            "--listen",
+            f"udp:[::1]:{port},tcp:[::1]:{port}",
+            "--metrics",
+            "off",
+        ],
+        node_env,
+        tmp_path,
+    )
+    try:
+        wait_for(lambda: "listening on" in process.output() or not process.alive(), timeout=30, what="listen")
+        node = SipNode(process, port, 0)
+
+        def datagrams(local):
+            yield invite("busy", local, branch="z9hG4bKv6", call_id="v6@test").replace("127.0.0.1", "[::1]")
+
+        got = exchange(node, datagrams, family=family, host="::1")
+        assert finals(got) == ["SIP/2.0 486 Busy Here"]
+    finally:
+        process.stop()
