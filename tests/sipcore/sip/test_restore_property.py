@@ -208,3 +208,30 @@ def _what(line: str) -> str:
     if line.startswith("SIP/2.0"):
         return "final"
     return line.split(" ", 1)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(start_state=st.sampled_from(STARTS), reliable=st.booleans(), data=st.data())
+def test_every_transaction_ends_by_its_timers_whatever_came_before(start_state, reliable, data):
+    """Liveness: after any inputs (refused ones included) and, for a server, a final
+    answer from the TU, the timers alone end the transaction; the clock reaches
+    Terminated in a bounded number of handle_timer calls."""
+    kind = start_state[0]
+    steps = [_PATH_STEPS[step] for step in PATHS[start_state]]
+    steps += data.draw(
+        st.lists(SERVER_STEPS if _is_server(kind) else CLIENT_STEPS, max_size=12), label="then"
+    )
+    if _is_server(kind):
+        steps.append(("answer", data.draw(st.sampled_from([200, 486]), label="final")))
+    start = 1_800_000_000.0
+    driver = Driver(new_transaction(kind, TCP if reliable else UDP, now=start), start)
+    for step in steps:
+        driver.step(*step)
+    tx = driver.tx
+    for _ in range(100):
+        deadline = tx.next_deadline()
+        if deadline is None:
+            break
+        tx.handle_timer(deadline)
+    assert tx.terminated, (tx.state, tx.timers)
+    assert tx.next_deadline() is None
