@@ -281,6 +281,10 @@ def main() -> int:
         print("sipp not installed (apt-get install sip-tester)")
         return 1
     os.environ.setdefault("DEBUG", "1")
+    # The node answers from the dial plan in the database: make sure it is there (busy -> 486).
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
+    seed = "from sipcore.models import DialPlanRule; DialPlanRule.seed()"
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", seed], cwd=ROOT, check=True)
     runs: list[Run] = []
     scenarios = (("options", "ping"), ("invite_busy", "busy"))
     for starter in (start_kamailio, lambda: start_node(1), lambda: start_node(2)):

@@ -33,6 +33,7 @@ from sipcore.sip import (
     new_tag,
 )
 from sipcore.sip.keys import default_port
+from sipcore.sip.uri import Uri
 
 log = logging.getLogger("sipcore.node")
 
@@ -75,18 +76,22 @@ def sdp_answer(session_id: int, host: str) -> bytes:
     ).encode()
 
 
-def check_request(request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
-    """RFC 3261 §8.2.1-§8.2.3 in order: (status, reason, extra headers) to refuse with, or None."""
+def check_request(request: Request, uri: Uri | None = None) -> tuple[int, str, list[tuple[str, str]]] | None:
+    """RFC 3261 §8.2.1-§8.2.3 in order: (status, reason, extra headers) to refuse with, or None.
+
+    ``uri`` is the parsed Request-URI when the caller has it already.
+    """
     method = request.method
     # §8.2.1 Method inspection.
     if method not in ALLOWED_METHODS:
         status = 405 if method in KNOWN_METHODS else 501
         return status, "Method Not Allowed" if status == 405 else "Not Implemented", [("Allow", ALLOW)]
     # §8.2.2.1 To and Request-URI: a scheme we do not serve is 416.
-    try:
-        uri = request.request_uri
-    except ParseError:
-        return 400, "Bad Request-URI", []
+    if uri is None:
+        try:
+            uri = request.request_uri
+        except ParseError:
+            return 400, "Bad Request-URI", []
     if isinstance(uri, AbsoluteUri) or getattr(uri, "scheme", "sip").lower() not in SUPPORTED_SCHEMES:
         return 416, "Unsupported URI Scheme", []
     # §8.2.2.3 Require: every extension named is unsupported here (Proxy-Require is for proxies).
@@ -121,8 +126,7 @@ def _tokens(values: list[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
-def request_user(request: Request) -> str:
-    uri = request.request_uri
+def uri_user(uri: Uri) -> str:
     if isinstance(uri, SipUri):
         return uri.user_unescaped or ""
     if isinstance(uri, TelUri):
@@ -344,7 +348,11 @@ class UasCore:
     # --- TransactionUser ---
 
     def request_received(self, request: Request, source: Source, now: float) -> None:
-        refusal = check_request(request)
+        try:
+            uri: Uri | None = request.request_uri  # parsed once: the checks and the dial plan read it
+        except ParseError:
+            uri = None
+        refusal = check_request(request, uri)
         if refusal is None and request.to_tag is None:
             merged = self.layer.merged_with(request)  # §8.2.2.2
             if merged is not None:
@@ -360,13 +368,14 @@ class UasCore:
             return
         tx = self.layer.create_server_transaction(request, source, now)
         if request.method == "INVITE":
-            rule = self.plan.match("INVITE", request_user(request)) or FALLBACK_RULE
+            assert uri is not None
+            rule = self.plan.match("INVITE", uri_user(uri)) or FALLBACK_RULE
             call = Call(self, tx, rule, now)
             self.calls[tx] = call
             self._run(call, now)
             return
         # OPTIONS (the one other method served outside a dialog): 200, unless a rule says otherwise.
-        options_rule = self.plan.match(request.method, request_user(request))
+        options_rule = self.plan.match(request.method, uri_user(uri)) if uri is not None else None
         status = options_rule.final_status if options_rule is not None else None
         if options_rule is not None and status is not None and status != 200:
             self.layer.respond(tx, make_response(request, status, options_rule.reason or None), now)
