@@ -289,7 +289,7 @@ class TcpTransport:
                 self.layer.drop("send_failed", ("?", 0), None, error=str(exc))
 
     def _schedule_sweep(self) -> None:
-        self._sweeper = self.layer.loop.call_later(max(1.0, self.idle_timeout / 4), self._sweep)
+        self._sweeper = self.layer.loop.call_later(min(5.0, max(0.25, self.idle_timeout / 4)), self._sweep)
 
     def _sweep(self) -> None:
         cutoff = time.monotonic() - self.idle_timeout

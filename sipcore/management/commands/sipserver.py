@@ -90,6 +90,12 @@ class Command(BaseCommand):
             help="seconds between reloads of the SIP peers to probe with OPTIONS; 0: no probes",
         )
         parser.add_argument(
+            "--tcp-idle-timeout", type=float, default=120.0, help="close idle TCP connections"
+        )
+        parser.add_argument(
+            "--tcp-max-connections", type=int, default=1024, help="TCP connections per listener"
+        )
+        parser.add_argument(
             "--grace", type=float, default=5.0, help="seconds to let transactions finish on stop"
         )
 
@@ -124,6 +130,8 @@ class Command(BaseCommand):
             metrics=metrics,
             grace=options["grace"],
             dialplan_refresh=options["dialplan_refresh"],
+            tcp_idle_timeout=options["tcp_idle_timeout"],
+            tcp_max_connections=options["tcp_max_connections"],
             redis_url=settings.REDIS_URL or None,
         )
         refresh = options["peers_refresh"]
@@ -152,6 +160,10 @@ class Command(BaseCommand):
                 str(options["grace"]),
                 "--dialplan-refresh",
                 str(options["dialplan_refresh"]),
+                "--tcp-idle-timeout",
+                str(options["tcp_idle_timeout"]),
+                "--tcp-max-connections",
+                str(options["tcp_max_connections"]),
                 "--peers-refresh",  # one prober is enough
                 str(options["peers_refresh"] if index == 0 else 0),
                 "--metrics",

@@ -165,3 +165,23 @@ def test_ipv6_node_answers(node_env, tmp_path, family):
         assert finals(got) == ["SIP/2.0 486 Busy Here"]
     finally:
         process.stop()
+
+
+def test_tcp_idle_connections_are_closed_and_connections_are_limited(node_env, tmp_path):
+    from tests.sipcore.runtime.support import start_node
+
+    node = start_node(node_env, tmp_path, "--tcp-idle-timeout", "1", "--tcp-max-connections", "2")
+    try:
+        first = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        second = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        third = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        assert third.recv(1) == b""  # over the limit: closed at once
+        started = time.monotonic()
+        assert first.recv(1) == b""  # idle: closed by the sweep
+        assert 0.9 <= time.monotonic() - started < 4.0
+        assert second.recv(1) == b""
+        for sock in (first, second, third):
+            sock.close()
+        assert node.metric("sip_dropped_total", reason="too_many_connections") == 1
+    finally:
+        node.process.stop()
