@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sipcore.sip import (
+    InvalidTransitionError,
     InviteClientTransaction,
     InviteServerTransaction,
     NonInviteClientTransaction,
@@ -45,6 +46,7 @@ from sipcore.sip import (
     Timings,
     Transaction,
     TransactionKey,
+    TransactionMismatchError,
     TransportInfo,
     parse_message,
 )
@@ -278,8 +280,14 @@ class TransactionLayer:
                 if metrics is not None:
                     metrics.message_in(_cseq_method(message), message.status_code)
                 self._response(message, Source(transport, remote), now)
-        except Exception:  # a peer's message must never take the node down
-            log.exception("error handling a message from %s", remote)
+        except (InvalidTransitionError, TransactionMismatchError) as exc:
+            # The peer sent what its transaction's state does not take (an ACK while the INVITE
+            # is still proceeding...): the message is dropped, the transaction goes on.
+            reason = "invalid_transition" if isinstance(exc, InvalidTransitionError) else "mismatch"
+            self.drop(reason, remote, message, error=str(exc)[:200])
+        except Exception:  # a bug of ours: a peer's message must still never take the node down
+            if metrics is None or metrics.may_log():
+                log.exception("error handling a message from %s", remote)
             if metrics is not None:
                 metrics.dropped("internal_error")
 

@@ -185,3 +185,29 @@ def test_tcp_idle_connections_are_closed_and_connections_are_limited(node_env, t
         assert node.metric("sip_dropped_total", reason="too_many_connections") == 1
     finally:
         node.process.stop()
+
+
+def test_an_ack_its_transaction_cannot_take_is_dropped_not_an_internal_error(sip_node):
+    # An ACK with the branch of an INVITE still ringing (Proceeding takes no ACK, §17.2.1).
+    before = sip_node.metric("sip_dropped_total", reason="invalid_transition")
+
+    def datagrams(port):
+        message = invite("noanswer", port, branch="z9hG4bKearlyack", call_id="early-ack@test")
+        yield message
+        yield message.replace("INVITE sip", "ACK sip", 1).replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+
+    got = exchange(sip_node, datagrams, expect=1)
+    assert got[0].startswith("SIP/2.0 180 Ringing")
+    time.sleep(0.2)
+    assert sip_node.metric("sip_dropped_total", reason="invalid_transition") == before + 1
+    assert sip_node.metric("sip_dropped_total", reason="internal_error") == 0
+
+
+def test_noanswer_rings_until_timer_c_then_408(sip_node):
+    def datagrams(port):
+        yield invite("noanswer", port, branch="z9hG4bKtimerc", call_id="timer-c@test")
+
+    started = time.monotonic()
+    got = exchange(sip_node, datagrams, expect=2, timeout=6)
+    assert finals(got) == ["SIP/2.0 408 Request Timeout"]  # --timer-c 3
+    assert 2.9 <= time.monotonic() - started < 6
