@@ -17,7 +17,7 @@ _FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 
 
 STATE_OPERATIONS = Counter(
     "callops_ivr_state_operations",
-    "Call-state store operations, by operation (get, save, cas, delete, extend) and outcome.",
+    "Call-state store operations, by operation (get, save, cas, write, restore, delete, extend) and outcome.",
     ["operation", "outcome"],
 )
 STATE_OPERATION_SECONDS = Histogram(
@@ -45,6 +45,14 @@ WEBHOOK_SECONDS = Histogram(
 STATE_CORRUPT = Counter(
     "callops_ivr_state_corrupt",
     "Stored call states that could not be decoded and were replaced by a fresh start.",
+)
+STATE_REPAIRED = Counter(
+    "callops_ivr_state_repaired",
+    "Redis copies of a call state found out of step with the audit trail and restored from it.",
+)
+REDIS_BEHIND = Counter(
+    "callops_ivr_redis_behind",
+    "Changes committed to the database whose copy to Redis failed (repaired on the next read).",
 )
 STATE_MIGRATED = Counter(
     "callops_ivr_state_migrated",

@@ -1,19 +1,44 @@
-"""The IVR's webhooks, one function each: load the call, run the machine, act, save, audit.
+"""The IVR's webhooks, one function each: load the call, run the machine, act, commit, copy.
+
+Who holds the truth (DESIGN.md): a call's state is its audit trail in the database,
+``CallStateSnapshot`` rows numbered 1, 2, 3... without gaps, each row's sequence
+being the state's ``version``. Redis holds a copy of the latest row, for speed and
+for its time to live. The jobs the calls change live in the database only.
 
 Every answer follows the same path:
 
-1. Read the call's state and, with the same round trip, whether this very
+1. Read the call's state from Redis and, in the same round trip, whether this very
    request (its ``I-Twilio-Idempotency-Token``) was answered before: a retry by
    Twilio gets the same TwiML back and changes nothing.
-2. Feed the input to the pure machine (:mod:`callops.ivr.machine`) and carry
-   out its side effects, feeding their results back in: look-ups first, outside
-   any transaction; then, in one database transaction, the job updates, the
-   audit row, and the new state written to Redis with compare-and-set together
-   with the TwiML for replays. If another request changed the state meanwhile,
-   the transaction rolls back (so no job update happens twice) and the whole
-   step runs again on the new state: nothing is lost.
-3. Redis or the database unreachable: the caller hears a short apology (and is
-   put through to the fallback number when there is one). Never a 500.
+2. Check the copy against the truth: Redis at version ``v`` must match an audit
+   trail whose latest row is ``v``. A copy that is behind (its write was lost,
+   or a close it has not seen), ahead (a write that leaked from a transaction
+   that never committed) or missing while the call is live (younger than its
+   stage's time to live) is repaired from the latest row, with the answers of
+   the requests recorded since, and the request reads again.
+3. Feed the input to the pure machine (:mod:`callops.ivr.machine`); look-ups run
+   outside any transaction. Then one database transaction holds the commit
+   point: the job updates, audit row ``v + 1`` and, in that row, this request's
+   answer keyed by its idempotency token. The unique (call, sequence) constraint
+   decides between concurrent requests: the loser rolls back (no job effect is
+   applied twice), reads again and runs on the winner's state.
+4. Only after the commit, the new state and the answer go to Redis (a write that
+   never replaces a newer version). If that write fails or its reply is lost,
+   the change happened all the same: the caller hears its answer, and the next
+   read repairs the copy (2), so a retry is answered from the audit row, never
+   applied again. A call closed meanwhile removes the copy after its commit;
+   the writer checks for that after its write and removes its own copy.
+5. Redis or the database unreachable before the commit: the caller hears a short
+   apology (and is put through to the fallback number when there is one); no
+   change was made. Never a 500. Bad data the database refuses is logged as the
+   bug it is and answered the same way, never retried.
+
+Each single failure, and what it leaves: Redis reply lost after the write (the
+copy is right; the retry replays it); Redis down between commit and write (the
+copy is behind; repaired on the next read); database commit failing (nothing
+happened, nothing was copied: the retry runs afresh) or its reply lost (committed:
+the retry finds the audit row ahead of the copy and replays its answer); the
+process killed anywhere (one of the above).
 """
 
 from __future__ import annotations
@@ -28,10 +53,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import redis
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Max, Q
+from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from callops.ivr import machine, metrics, twiml
@@ -64,8 +90,24 @@ from callops.ivr.machine import (
     StartReason,
     Transition,
 )
-from callops.ivr.schema import ABSENT, SCHEMA_VERSION, compact_text, state_to_dict
-from callops.ivr.store import TTL_BY_STAGE, Replay, Snapshot, StateConflict, get_store, state_key
+from callops.ivr.schema import (
+    ABSENT,
+    SCHEMA_VERSION,
+    UndecodableState,
+    compact_text,
+    decode,
+    state_to_dict,
+)
+from callops.ivr.store import (
+    TTL_BY_STAGE,
+    Replay,
+    Snapshot,
+    StateConflict,
+    get_store,
+    state_key,
+    token_digest,
+    ttl_for,
+)
 from callops.models import (
     ALLOWED_TRANSITIONS,
     CallSession,
@@ -140,21 +182,20 @@ def local_now(now: datetime) -> datetime:
 # --- failures become apologies, every answer is counted ----------------------------------------
 
 
-class _Conflict(Exception):
-    """Rolls back one attempt's transaction: the state changed under it."""
+class _OutOfStep(Exception):
+    """Redis's copy of the state does not match the audit trail; repair it and read again."""
 
-
-class _AlreadyAnswered(Exception):
-    """Rolls back: this request was answered by an earlier delivery (a Twilio retry)."""
-
-    def __init__(self, twiml: str):
-        super().__init__("answered already")
-        self.twiml = twiml
+    def __init__(self, call_sid: str, stored: str, audited: int | None):
+        super().__init__(f"call {call_sid}: Redis holds {stored}, the audit trail ends at {audited}")
 
 
 # What the platform expects to fail now and then, and the outcome each is counted as.
+# Data the database refuses (a constraint, a value out of range) is not an outage: it
+# is a bug or bad input that slipped past the edge; retrying cannot help.
 _FAILURE_OUTCOMES: tuple[tuple[type[Exception], str], ...] = (
     (redis.RedisError, "redis_down"),
+    (IntegrityError, "bad_data"),
+    (DataError, "bad_data"),
     (DatabaseError, "database_down"),
     (StateConflict, "conflict"),
 )
@@ -228,12 +269,32 @@ def _caller_input(params: Mapping[str, str]) -> Input:
         return Digits(digits)
     speech = params.get("SpeechResult", "").strip()
     if speech:
-        try:
-            confidence: float | None = float(params.get("Confidence", ""))
-        except ValueError:
-            confidence = None
-        return Speech(speech, confidence)
+        return Speech(speech, _confidence(params.get("Confidence")))
     return Silence()
+
+
+# --- Twilio's fields, checked at the edge: keep what is usable, drop what is not -----------------
+
+MAX_DB_INTEGER = 2**31 - 1  # PostgreSQL integer, the columns these numbers go to
+
+
+def _confidence(text: str | None) -> float | None:
+    """Twilio's speech ``Confidence``: a number from 0 to 1, or nothing (NaN, infinities, junk)."""
+    try:
+        confidence = float(text) if text else None
+    except ValueError:
+        return None
+    return confidence if confidence is not None and 0.0 <= confidence <= 1.0 else None
+
+
+def _count(text: str | None, limit: int = MAX_DB_INTEGER) -> int | None:
+    """A non-negative integer field (``CallDuration``, ``SequenceNumber``), or None if it is
+    not one or does not fit its column: the rest of the request still counts."""
+    text = (text or "").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(limit)):
+        return None
+    value = int(text)
+    return value if value <= limit else None
 
 
 @_answering(Webhook.GATHER, on_failure=_apology)
@@ -268,7 +329,7 @@ def handle_status_callback(request: WebhookRequest) -> WebhookAnswer:
     """
     call_sid = request.call_sid
     status = request.params.get("CallStatus", "").strip().lower()
-    sequence = _int_or_none(request.params.get("SequenceNumber"))
+    sequence = _count(request.params.get("SequenceNumber"))
     with transaction.atomic():
         commit_without_waiting_for_disk()
         session = _session_for(request)
@@ -276,7 +337,7 @@ def handle_status_callback(request: WebhookRequest) -> WebhookAnswer:
     if status in FINAL_CALL_STATUSES:
         # Final is final, even when redelivered: closing a closed call does nothing,
         # and closing one whose first delivery failed half-way finishes the job.
-        duration = _int_or_none(request.params.get("CallDuration"))
+        duration = _count(request.params.get("CallDuration"))
         _finish_call(call_sid, status, duration, request.now)
     elif not recorded:
         logger.info(
@@ -308,15 +369,17 @@ def _converse(request: WebhookRequest, make_input: Callable[[], Input]) -> Webho
             return WebhookAnswer(answered.decode(), "replayed")
         try:
             return _converse_once(request, snapshot, make_input())
-        except _AlreadyAnswered as replay:
-            return WebhookAnswer(replay.twiml, "replayed")
-        except (_Conflict, IntegrityError) as exc:
-            # Someone else wrote this call's state (or audit row) first: their change
-            # stands, ours was rolled back; run ours again on top of theirs.
+        except _OutOfStep as exc:
+            logger.warning("%s; repairing it from the audit trail", exc, extra={"call_sid": request.call_sid})
+            _repair(request, snapshot)
+        except IntegrityError as exc:
+            if not _is_sequence_clash(exc):
+                raise
+            # Another request for this call committed its row first: its change stands,
+            # ours was rolled back (job effects too); run ours again on top of theirs.
             logger.info(
-                "call %s changed meanwhile (%s); running %s again",
+                "call %s changed meanwhile; running %s again",
                 request.call_sid,
-                type(exc).__name__,
                 request.webhook,
                 extra={"call_sid": request.call_sid},
             )
@@ -334,17 +397,21 @@ def _converse_once(request: WebhookRequest, snapshot: Snapshot, event: Input) ->
         session = _session_for(request)
         with transaction.atomic():
             commit_without_waiting_for_disk()
-            return _start_fresh_after_corruption(request, snapshot, session)
+            committed = _start_fresh_after_corruption(request, snapshot, session)
+        return _write_back(request, committed)
     if snapshot.decoded is None:
         session = _session_for(request)  # the call's first webhook creates it
         if session.ended:
             # A late webhook for a call that is over: nothing to say.
             return _answer_without_writing(request, twiml.hangup(), "call_ended")
-        sequence = _next_sequence(call_sid)
+        latest = _latest_row(call_sid)
+        if latest is not None and _still_live(latest, now):
+            raise _OutOfStep(call_sid, "nothing", latest.sequence)
+        sequence = (latest.sequence if latest is not None else 0) + 1
         reason = StartReason.NEW_CALL if sequence == 1 else StartReason.STATE_EXPIRED
         if reason is StartReason.STATE_EXPIRED:
             logger.warning(
-                "call %s has no state (expired or lost); starting it again",
+                "call %s has no state (expired); starting it again",
                 call_sid,
                 extra={"call_sid": call_sid},
             )
@@ -359,10 +426,15 @@ def _converse_once(request: WebhookRequest, snapshot: Snapshot, event: Input) ->
         }
         with transaction.atomic():
             commit_without_waiting_for_disk()
-            return _commit(request, transition, version=sequence, expected=ABSENT, audit_event=audit_event,
-                           was_language=Language(session.language))  # fmt: skip
+            committed = _commit(request, transition, version=sequence, computed_from=ABSENT,
+                                audit_event=audit_event, was_language=Language(session.language))  # fmt: skip
+        return _write_back(request, committed)
 
-    state = snapshot.decoded.state
+    decoded = snapshot.decoded
+    audited = _latest_sequence(call_sid)
+    if audited != decoded.version:
+        raise _OutOfStep(call_sid, f"version {decoded.version}", audited)
+    state = decoded.state
     try:
         transition, trail, writes = _run_machine(state, event, now, call_sid, may_write=False)
     except InputNotAccepted as exc:
@@ -374,21 +446,22 @@ def _converse_once(request: WebhookRequest, snapshot: Snapshot, event: Input) ->
         )
     with transaction.atomic():
         if writes:
-            # The input changes a job: run it again where the change can be rolled back
-            # with the state write (look-ups are repeated; the machine is pure).
+            # The input changes a job: run it again where the change is committed (or
+            # rolled back) with the audit row (look-ups are repeated; the machine is pure).
             transition, trail, _ = _run_machine(state, event, now, call_sid, may_write=True)
         commit_without_waiting_for_disk()
         audit_event: dict[str, object] = {"kind": "input", "webhook": request.webhook.value, "steps": trail}
-        if snapshot.decoded.migrated:
-            audit_event["migrated_from_schema"] = snapshot.decoded.read_schema_version
-        return _commit(
+        if decoded.migrated:
+            audit_event["migrated_from_schema"] = decoded.read_schema_version
+        committed = _commit(
             request,
             transition,
-            version=snapshot.decoded.version + 1,
-            expected=snapshot.guard,
+            version=decoded.version + 1,
+            computed_from=snapshot.guard,
             audit_event=audit_event,
             was_language=state.language,
         )
+    return _write_back(request, committed)
 
 
 JOB_CHANGES = (SetJobStatus, AddJobNote, RescheduleJob)
@@ -419,38 +492,78 @@ def _run_machine(
     raise RuntimeError(f"call {call_sid}: the machine still awaited a result after {MAX_STEPS} steps")
 
 
+@dataclass(frozen=True)
+class _Committed:
+    """A change the database has committed (audit row ``version``), to copy to Redis."""
+
+    state: CallState
+    version: int
+    computed_from: str  # the Redis guard the change was computed from
+    answer: str
+
+
 def _commit(
     request: WebhookRequest,
     transition: Transition,
     *,
     version: int,
-    expected: str,
+    computed_from: str,
     audit_event: dict[str, object],
     was_language: Language,
-) -> WebhookAnswer:
-    """Audit, then compare-and-set the new state with this request's TwiML (inside the transaction)."""
+) -> _Committed:
+    """Inside the caller's transaction: the audit row ``version``, holding this request's
+    answer (so a retry can be answered from the database), and the session's language."""
     state = transition.state
     assert transition.prompt is not None, "committing a transition that still awaits a result"
     answer = twiml.render(transition.prompt, state.language, transition.effects)
+    if state.language is not was_language:
+        # Before the audit row: closing a call locks the session first, then appends its
+        # row; taking them in the same order, the two cannot deadlock.
+        CallSession.objects.filter(call_sid=request.call_sid).update(language=state.language.value)
+    event = dict(audit_event)
+    if request.idempotency_token:
+        event[ANSWERED] = {"token": token_digest(request.idempotency_token), "twiml": answer}
     _audit(
         request.call_sid,
         version,
         state=state_to_dict(state, version),
-        event=audit_event,
+        event=event,
         source=CallStateSnapshot.Source.WEBHOOK,
         when=request.now,
     )
-    if state.language is not was_language:
-        CallSession.objects.filter(call_sid=request.call_sid).update(language=state.language.value)
-    replay = _replay(request, answer)
-    result = get_store().compare_and_set(state, version, expected=expected, replay=replay)
-    if result.outcome == "replay":
-        raise _AlreadyAnswered(result.replayed.decode() if result.replayed else answer)
-    if not result.ok:
-        raise _Conflict
-    if state.stage in END_STAGES:
-        logger.info("call %s reached %s", request.call_sid, state.stage, extra={"call_sid": request.call_sid})
-    return WebhookAnswer(answer, "ok")
+    return _Committed(state, version, computed_from, answer)
+
+
+def _write_back(request: WebhookRequest, committed: _Committed) -> WebhookAnswer:
+    """After the commit: copy the change to Redis. It happened whatever Redis says, so
+    the caller hears its answer; a copy left behind is repaired on the next read."""
+    call_sid, store = request.call_sid, get_store()
+    try:
+        store.write_committed(
+            committed.state,
+            committed.version,
+            computed_from=committed.computed_from,
+            replay=_replay(request, committed.answer),
+        )
+        # A close that committed after our commit deleted the copy after its own commit;
+        # if our write landed after that delete, the call must not look live: each side
+        # writes its own store first and then checks the other's, so one of them sees it.
+        if CallSession.objects.filter(call_sid=call_sid, ended_at__isnull=False).exists():
+            store.compare_and_delete(call_sid, expected=str(committed.version))
+    except redis.RedisError as exc:
+        metrics.REDIS_BEHIND.inc()
+        logger.error(
+            "call %s: change #%s is committed but its copy in Redis failed (%r); "
+            "the next read repairs it from the audit trail",
+            call_sid,
+            committed.version,
+            exc,
+            extra={"call_sid": call_sid},
+        )
+        return WebhookAnswer(committed.answer, "redis_behind")
+    if committed.state.stage in END_STAGES:
+        logger.info("call %s reached %s", call_sid, committed.state.stage, extra={"call_sid": call_sid})
+    return WebhookAnswer(committed.answer, "ok")
 
 
 def _replay(request: WebhookRequest, answer: str) -> Replay | None:
@@ -466,9 +579,96 @@ def _answer_without_writing(request: WebhookRequest, answer: str, outcome: str) 
     return WebhookAnswer(answer, outcome)
 
 
+# --- the audit trail is the truth: checking and repairing the Redis copy -----------------------
+
+ANSWERED = "answered"  # the audit event's record of the request's token digest and answer
+MAX_REPLAYS_RESTORED = 50
+
+
+def _latest_sequence(call_sid: str) -> int | None:
+    return (
+        CallStateSnapshot.objects.filter(call_sid=call_sid)
+        .order_by("-sequence")
+        .values_list("sequence", flat=True)
+        .first()
+    )
+
+
+def _latest_row(call_sid: str) -> CallStateSnapshot | None:
+    return CallStateSnapshot.objects.filter(call_sid=call_sid).order_by("-sequence").first()
+
+
+def _still_live(row: CallStateSnapshot, now: datetime) -> bool:
+    """Whether the state ``row`` recorded would still be in Redis: younger than its stage's
+    time to live. A live call whose copy is missing lost it (a write that failed after
+    the commit, a Redis restarted empty); an older one expired."""
+    if row.schema_version == 0 or row.event.get("kind") in CLOSING_KINDS:
+        return False
+    try:
+        ttl = ttl_for(machine.Stage(row.stage))
+    except ValueError:
+        return False
+    return row.recorded_at + timedelta(seconds=ttl) > now
+
+
+def _repair(request: WebhookRequest, snapshot: Snapshot) -> None:
+    """Make Redis's copy the latest audit row again, with the answers recorded lately.
+
+    If the call is over (or has no live row), the copy is removed. Compare-and-set on
+    what was read: if the copy changed meanwhile, the caller reads it again.
+    """
+    call_sid, store = request.call_sid, get_store()
+    latest = _latest_row(call_sid)
+    ended = CallSession.objects.filter(call_sid=call_sid, ended_at__isnull=False).exists()
+    if latest is None or ended or latest.schema_version == 0 or latest.event.get("kind") in CLOSING_KINDS:
+        if snapshot.raw is not None:
+            store.compare_and_delete(call_sid, expected=snapshot.guard)
+        return
+    try:
+        restored = decode(orjson.dumps(latest.state))
+    except UndecodableState as exc:  # our own row, written by state_to_dict: a bug
+        logger.error("call %s: audit row #%s does not decode: %s", call_sid, latest.sequence, exc)
+        if snapshot.raw is not None:
+            store.compare_and_delete(call_sid, expected=snapshot.guard)
+        return
+    since = request.now - timedelta(seconds=settings.IVR_REPLAY_TTL)
+    events = (
+        CallStateSnapshot.objects.filter(call_sid=call_sid, recorded_at__gte=since)
+        .order_by("-sequence")
+        .values_list("event", flat=True)[:MAX_REPLAYS_RESTORED]
+    )
+    replays = {
+        event[ANSWERED]["token"]: str(event[ANSWERED]["twiml"]).encode()
+        for event in events
+        if isinstance(event, dict) and isinstance(event.get(ANSWERED), dict)
+    }
+    result = store.restore(
+        restored.state,
+        latest.sequence,
+        expected=snapshot.guard,
+        replays=replays,
+        replay_ttl=settings.IVR_REPLAY_TTL,
+    )
+    if result.ok:
+        metrics.STATE_REPAIRED.inc()
+
+
+SEQUENCE_CONSTRAINT = "call_state_sequence_unique_per_call"
+
+
+def _is_sequence_clash(exc: IntegrityError) -> bool:
+    """An IntegrityError from the unique (call, sequence) constraint: a concurrent change.
+    Any other (a check constraint, a NOT NULL) is a bug or bad data, not a race."""
+    diag = getattr(exc.__cause__, "diag", None)  # psycopg names the constraint
+    if diag is not None and getattr(diag, "constraint_name", None):
+        return bool(diag.constraint_name == SEQUENCE_CONSTRAINT)
+    table = CallStateSnapshot._meta.db_table
+    return f"UNIQUE constraint failed: {table}.call_sid, {table}.sequence" in str(exc)  # SQLite
+
+
 def _start_fresh_after_corruption(
     request: WebhookRequest, snapshot: Snapshot, session: CallSession
-) -> WebhookAnswer:
+) -> _Committed:
     """An undecodable value: log it, keep it in the audit trail, and start the call again."""
     call_sid = request.call_sid
     assert snapshot.raw is not None
@@ -479,7 +679,7 @@ def _start_fresh_after_corruption(
         extra={"call_sid": call_sid},
     )
     metrics.STATE_CORRUPT.inc()
-    sequence = _next_sequence(call_sid)
+    sequence = (_latest_sequence(call_sid) or 0) + 1
     # Kept as readable text; NUL spelled out, since PostgreSQL's JSON cannot hold it.
     raw_text = (
         snapshot.raw[:RAW_AUDIT_CHARS].decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
@@ -509,7 +709,7 @@ def _start_fresh_after_corruption(
         request,
         transition,
         version=sequence + 1,
-        expected=snapshot.guard,
+        computed_from=snapshot.guard,
         audit_event=audit_event,
         was_language=Language(session.language),
     )
@@ -643,13 +843,6 @@ def _get_or_create_session(request: WebhookRequest) -> CallSession:
     return session
 
 
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None and text.strip() else None
-    except ValueError:
-        return None
-
-
 def _record_status(session: CallSession, status: str, sequence: int | None) -> bool:
     """Record ``status`` unless a newer one (higher SequenceNumber) was recorded already."""
     calls = CallSession.objects.filter(pk=session.pk, ended_at__isnull=True)
@@ -660,11 +853,6 @@ def _record_status(session: CallSession, status: str, sequence: int | None) -> b
     elif session.last_status_sequence is not None and status not in FINAL_CALL_STATUSES:
         return False  # unnumbered, and numbered ones came already: no way to tell which is newer
     return calls.update(**changes) == 1
-
-
-def _next_sequence(call_sid: str) -> int:
-    latest = CallStateSnapshot.objects.filter(call_sid=call_sid).aggregate(latest=Max("sequence"))["latest"]
-    return (latest or 0) + 1
 
 
 def _audit(
@@ -690,15 +878,8 @@ def _audit(
     )
 
 
-def _latest_audited_state(call_sid: str) -> dict[str, Any] | None:
-    row = (
-        CallStateSnapshot.objects.filter(call_sid=call_sid)
-        .exclude(schema_version=0)  # corrupt values, kept raw
-        .order_by("-sequence")
-        .values_list("state", flat=True)
-        .first()
-    )
-    return row if isinstance(row, dict) else None
+# The audit events that end a call: nothing is live after one.
+CLOSING_KINDS = frozenset({"call_ended", "state_expired", "terminated_by_staff"})
 
 
 def _close_call(
@@ -709,51 +890,49 @@ def _close_call(
     source: str,
     now: datetime,
     duration: int | None = None,
-    only_if: Callable[[Snapshot | None], bool] = lambda snapshot: True,
+    expiring: bool = False,
 ) -> str | None:
-    """End a call: mark its session, append the final audit row, delete its Redis state.
+    """End a call: mark its session and append the final audit row (one commit), then
+    delete its Redis copy.
 
-    ``outcome_of(stage)`` picks the outcome from the stage the call ended in. With
-    Redis down the call is still closed in the database (its state expires on
-    its own). Returns the outcome, or None if the call was ended already (or
-    ``only_if`` declined). Safe to run twice.
+    ``outcome_of(stage)`` picks the outcome from the stage of the call's latest audit
+    row. ``expiring`` (the sweep) closes only a call whose state is gone: Redis must
+    say so, and the audit trail, read under the session's lock, must agree that the
+    latest state is older than its time to live (a webhook that found the key absent
+    and started the call again has a fresh row). Returns the outcome, or None if the
+    call was ended already (or is live). Safe to run twice.
+
+    A webhook may copy its committed change to Redis after our delete; it checks for
+    the close after its write and removes its copy (see ``_write_back``). With Redis
+    down the call is still closed; the leftover copy expires, and a read before that
+    finds it behind the audit trail and removes it.
     """
     store = get_store()
     for attempt in range(MAX_WRITE_ATTEMPTS):
-        try:
-            snapshot: Snapshot | None = store.read(call_sid)[0]
-        except redis.RedisError as exc:
-            logger.warning(
-                "closing call %s without Redis (%r): its state will expire by itself",
-                call_sid,
-                exc,
-                extra={"call_sid": call_sid},
-            )
-            snapshot = None
-        if not only_if(snapshot):
-            return None
+        if expiring:
+            try:
+                snapshot, _ = store.read(call_sid)
+            except redis.RedisError:
+                return None  # an outage proves nothing
+            if snapshot.raw is not None:
+                return None
         try:
             with transaction.atomic():
                 commit_without_waiting_for_disk()
                 session = CallSession.objects.select_for_update().filter(call_sid=call_sid).first()
                 if session is None or session.ended:
                     return None
-                if snapshot is not None and snapshot.decoded is not None:
-                    last_state: dict[str, Any] | None = state_to_dict(
-                        snapshot.decoded.state, snapshot.decoded.version
-                    )
-                else:
-                    last_state = _latest_audited_state(call_sid)
-                stage = str(last_state.get("stage", "")) if last_state else ""
+                latest = _latest_row(call_sid)
+                if expiring and latest is not None and _still_live(latest, now):
+                    return None
+                last_state = latest.state if latest is not None and latest.schema_version else None
+                stage = latest.stage if last_state else ""
                 outcome = outcome_of(stage)
-                sequence = _next_sequence(call_sid)
-                if snapshot is not None and snapshot.decoded is not None:
-                    sequence = max(sequence, snapshot.decoded.version + 1)
-                final_state = {**(last_state or {}), "version": sequence}
+                sequence = (latest.sequence if latest is not None else 0) + 1
                 _audit(
                     call_sid,
                     sequence,
-                    state=final_state,
+                    state={**(last_state or {}), "version": sequence},
                     event={**event, "outcome": outcome},
                     source=source,
                     when=now,
@@ -765,12 +944,20 @@ def _close_call(
                 if duration is not None:
                     session.duration_seconds = duration
                 session.save(update_fields=["outcome", "ended_at", "duration_seconds"])
-                deleting = snapshot is not None and snapshot.raw is not None
-                if deleting and not store.compare_and_delete(call_sid, expected=snapshot.guard).ok:
-                    raise _Conflict
-        except (_Conflict, IntegrityError):
+        except IntegrityError as exc:
+            if not _is_sequence_clash(exc):
+                raise
             time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             continue
+        try:
+            store.delete(call_sid)
+        except redis.RedisError as exc:
+            logger.warning(
+                "closed call %s without Redis (%r): its state will expire by itself",
+                call_sid,
+                exc,
+                extra={"call_sid": call_sid},
+            )
         metrics.CALLS_ENDED.labels(outcome).inc()
         logger.info("call %s ended: %s", call_sid, outcome, extra={"call_sid": call_sid})
         return outcome
@@ -834,8 +1021,7 @@ def expire_session(session_id: int, now: datetime | None = None) -> str | None:
         event={"kind": "state_expired"},
         source=CallStateSnapshot.Source.CELERY,
         now=now or timezone.now(),
-        # Redis must positively say the state is gone: an outage proves nothing.
-        only_if=lambda snapshot: snapshot is not None and snapshot.raw is None,
+        expiring=True,
     )
 
 

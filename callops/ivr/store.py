@@ -21,7 +21,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -62,7 +62,15 @@ def replay_key(call_sid: str, token: str) -> str:
     state key land in one slot and one Lua script may touch both.
 
     The token is Twilio's opaque string; hashed, it is a safe, bounded key part."""
-    digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+    return replay_key_for_digest(call_sid, token_digest(token))
+
+
+def token_digest(token: str) -> str:
+    """A request's idempotency token as stored: in its replay key and in its audit row."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+def replay_key_for_digest(call_sid: str, digest: str) -> str:
     return f"{{{state_key(call_sid)}}}:replay:{digest}"
 
 
@@ -97,6 +105,41 @@ else
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 end
 if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
+return {'ok', found}
+"""
+)
+
+# The copy of a change the database has committed (see callops.ivr.service: the audit
+# row is the commit point). The replay is always remembered; the state replaces what is
+# stored unless that is already newer: a number above ``version`` that is not the one
+# this change was computed from. Absent and corrupt values are replaced.
+# KEYS[1] the state; KEYS[2] (optional) the replay key.
+# ARGV: version, guard the change was computed from, value, TTL, [response, its TTL].
+WRITE_COMMITTED_SCRIPT = (
+    _GUARD_LUA
+    + """
+if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6]) end
+local found = guard_of(redis.call('GET', KEYS[1]))
+if found ~= ARGV[2] and found ~= 'absent' and found ~= 'corrupt'
+   and tonumber(found) >= tonumber(ARGV[1]) then
+  return {'newer', found}
+end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[4])
+return {'ok', found}
+"""
+)
+
+# Repair from the audit trail: the state as its latest row recorded it, if the stored
+# guard is still the one the repair read, with the answers of the rows Redis missed.
+# KEYS[1] the state, KEYS[2..] replay keys; ARGV: expected guard, value, TTL, replay TTL,
+# then one response per replay key.
+RESTORE_SCRIPT = (
+    _GUARD_LUA
+    + """
+local found = guard_of(redis.call('GET', KEYS[1]))
+if found ~= ARGV[1] then return {'conflict', found} end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ARGV[4]) end
 return {'ok', found}
 """
 )
@@ -188,6 +231,8 @@ class CallStateStore:
         self._cas = client.register_script(CAS_SCRIPT)
         self._cas_delete = client.register_script(CAS_DELETE_SCRIPT)
         self._extend = client.register_script(EXTEND_TTL_SCRIPT)
+        self._write_committed = client.register_script(WRITE_COMMITTED_SCRIPT)
+        self._restore = client.register_script(RESTORE_SCRIPT)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -263,6 +308,45 @@ class CallStateStore:
             labels["outcome"] = outcome.decode()
         if outcome == b"replay":
             return CasResult("replay", replayed=found)
+        return CasResult(outcome.decode(), found.decode())
+
+    def write_committed(
+        self, state: CallState, version: int, *, computed_from: str, replay: Replay | None = None
+    ) -> CasResult:
+        """Copy a committed change (``version``) to Redis, with its answer for replays.
+
+        Outcome "newer" when Redis already holds a later version (the change is in
+        it, or a repair will bring it): nothing to do.
+        """
+        keys = [state_key(state.call_sid)]
+        args: list[str | bytes | int] = [version, computed_from, encode(state, version), ttl_for(state.stage)]
+        if replay is not None:
+            keys.append(replay_key(state.call_sid, replay.token))
+            args += [replay.response, replay.ttl]
+        with _operation("write") as labels:
+            outcome, found = self._write_committed(keys=keys, args=args)
+            labels["outcome"] = outcome.decode()
+        return CasResult(outcome.decode(), found.decode())
+
+    def restore(
+        self,
+        state: CallState,
+        version: int,
+        *,
+        expected: str,
+        replays: Mapping[str, bytes] | None = None,
+        replay_ttl: int = 0,
+    ) -> CasResult:
+        """Replace the stored value (if its guard is still ``expected``) by ``state`` at
+        ``version``, remembering ``replays`` (token digest -> answer)."""
+        keys = [state_key(state.call_sid)]
+        args: list[str | bytes | int] = [expected, encode(state, version), ttl_for(state.stage), replay_ttl]
+        for digest, response in (replays or {}).items():
+            keys.append(replay_key_for_digest(state.call_sid, digest))
+            args.append(response)
+        with _operation("restore") as labels:
+            outcome, found = self._restore(keys=keys, args=args)
+            labels["outcome"] = outcome.decode()
         return CasResult(outcome.decode(), found.decode())
 
     def compare_and_delete(self, call_sid: str, *, expected: str) -> CasResult:

@@ -346,11 +346,18 @@ def test_the_voice_webhook_again_mid_call_repeats_the_question(call, jobs, redis
 
 
 def test_an_expired_state_starts_the_call_again(call, jobs, redis_client):
-    walk(call, ["1001", "501"])
-    redis_client.pexpire(state_key(call.call_sid), 1)  # the TTL runs out
+    from types import SimpleNamespace
+
+    from callops.ivr.service import Webhook, WebhookRequest, handle_gather
+    from tests.callops.ivr.support import Answer
+
+    walk(call, ["1001", "501"])  # confirming the job: the state lives 10 minutes
+    redis_client.pexpire(state_key(call.call_sid), 1)  # the TTL runs out...
     time.sleep(0.02)
     assert stored_state(call) is None
-    answer = call.gather(digits="1")
+    later = timezone.now() + timedelta(minutes=10, seconds=1)  # ...because the caller went quiet
+    request = WebhookRequest(Webhook.GATHER, {**call.base, "Digits": "1"}, "token-1", received_at=later)
+    answer = Answer.of(SimpleNamespace(status_code=200, content=handle_gather(request).twiml.encode()))
     assert_gathers(answer)
     assert answer.says[0] == "Su sesión anterior terminó; empecemos de nuevo."
     rows = audit_rows(call)
@@ -358,6 +365,23 @@ def test_an_expired_state_starts_the_call_again(call, jobs, redis_client):
     assert rows[-1].event["kind"] == "fresh_start"
     assert stored_state(call)["version"] == 4
     assert stored_state(call)["stage"] == "collect_client_id"
+
+
+def test_a_state_lost_while_the_call_is_live_is_restored_from_the_audit_trail(call, jobs, redis_client):
+    walk(call, ["1001", "501"])
+    before = stored_state(call)
+    redis_client.delete(state_key(call.call_sid))  # Redis lost it (restarted empty, a write failed)
+    answer = call.gather(digits="1")  # the caller confirms the job, as if nothing happened
+    assert_gathers(answer)
+    assert "Para cambiar el estado, oprima 1" in answer.text
+    assert "empecemos de nuevo" not in answer.text
+    rows = audit_rows(call)
+    assert [row.sequence for row in rows] == [1, 2, 3, 4]
+    assert rows[-1].state["stage"] == "ask_action"
+    assert stored_state(call)["version"] == 4
+    assert {k: v for k, v in rows[2].state.items() if k != "last_updated"} == {
+        k: v for k, v in before.items() if k != "last_updated"
+    }
 
 
 def test_inactive_clients_are_not_found(call, jobs):
@@ -439,7 +463,12 @@ def test_a_corrupt_value_is_logged_audited_and_replaced_by_a_fresh_start(call, j
     assert "not JSON" in corrupt.event["error"]
     assert corrupt.state["raw"] == '{"version": 3, "stage": \\x00 broken'
     assert (corrupt.schema_version, corrupt.stage) == (0, "")
-    assert rows[-1].event == {"kind": "fresh_start", "reason": "state_corrupt", "webhook": "gather"}
+    assert {k: v for k, v in rows[-1].event.items() if k != "answered"} == {
+        "kind": "fresh_start",
+        "reason": "state_corrupt",
+        "webhook": "gather",
+    }
+    assert rows[-1].event["answered"]["twiml"] == answer.body  # for a retry, from the database
     stored = stored_state(call)
     assert (stored["stage"], stored["version"]) == ("collect_client_id", rows[-1].sequence)
     assert any("undecodable" in record.getMessage() for record in caplog.records)

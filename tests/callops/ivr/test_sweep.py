@@ -47,10 +47,13 @@ def test_expiring_a_session_closes_it_once_with_an_audit_row(jobs, client):
     call = TwilioCall(client)
     call.voice()
     call.gather(digits="1001")
-    get_redis().delete(state_key(call.call_sid))  # as if its TTL ran out
+    get_redis().delete(state_key(call.call_sid))  # its TTL ran out...
+    later = timezone.now() + timedelta(minutes=5, seconds=1)  # ...five minutes after the last input
     session = CallSession.objects.get(call_sid=call.call_sid)
-    assert expire_session(session.pk) == "abandoned"
-    assert expire_session(session.pk) is None  # a second run does nothing
+    # Too early: a state younger than its TTL was lost, not expired; the call is live.
+    assert expire_session(session.pk, now=timezone.now()) is None
+    assert expire_session(session.pk, now=later) == "abandoned"
+    assert expire_session(session.pk, now=later) is None  # a second run does nothing
     session.refresh_from_db()
     assert session.outcome == "abandoned"
     assert session.ended_at is not None
@@ -68,7 +71,8 @@ def test_a_call_that_said_goodbye_but_whose_callback_was_lost_counts_as_complete
     for digits in ("1001", "501", "1", "0"):
         call.gather(digits=digits)
     get_redis().delete(state_key(call.call_sid))
-    assert expire_session(CallSession.objects.get(call_sid=call.call_sid).pk) == "completed"
+    later = timezone.now() + timedelta(hours=1, seconds=1)
+    assert expire_session(CallSession.objects.get(call_sid=call.call_sid).pk, now=later) == "completed"
 
 
 @pytest.mark.django_db
