@@ -405,6 +405,10 @@ def _converse_once(request: WebhookRequest, snapshot: Snapshot, event: Input) ->
             # A late webhook for a call that is over: nothing to say.
             return _answer_without_writing(request, twiml.hangup(), "call_ended")
         latest = _latest_row(call_sid)
+        if latest is not None and latest.event.get("kind") in CLOSING_KINDS:
+            # Closed since the session was read (the insert below would have clashed
+            # with the closing row had it come later).
+            return _answer_without_writing(request, twiml.hangup(), "call_ended")
         if latest is not None and _still_live(latest, now):
             raise _OutOfStep(call_sid, "nothing", latest.sequence)
         sequence = (latest.sequence if latest is not None else 0) + 1
@@ -678,8 +682,11 @@ def _start_fresh_after_corruption(
         snapshot.error,
         extra={"call_sid": call_sid},
     )
+    latest = _latest_row(call_sid)
+    if latest is not None and latest.event.get("kind") in CLOSING_KINDS:
+        raise _OutOfStep(call_sid, "a corrupt value", latest.sequence)  # the call is over: remove it
     metrics.STATE_CORRUPT.inc()
-    sequence = (_latest_sequence(call_sid) or 0) + 1
+    sequence = (latest.sequence if latest is not None else 0) + 1
     # Kept as readable text; NUL spelled out, since PostgreSQL's JSON cannot hold it.
     raw_text = (
         snapshot.raw[:RAW_AUDIT_CHARS].decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
