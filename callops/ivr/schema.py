@@ -36,6 +36,14 @@ MAX_JOB_TEXT = 80  # a job's title and address, as read back on a call
 ABSENT = "absent"
 CORRUPT = "corrupt"
 MAX_VERSION = 2**53  # integers Lua (doubles) and JSON agree on exactly
+# A state's ``version`` is also its audit row's sequence number (a PostgreSQL integer),
+# and the next write stores version + 1: a version above this can never be written back.
+MAX_STORED_VERSION = 2**31 - 2
+# Failed attempts at one stage: the machine ends the call after a handful; anything far
+# beyond that was not written by it (and must still encode as JSON after one more).
+MAX_STORED_ATTEMPTS = 1000
+# The stages that read a job back or act on it: a state there without one cannot go on.
+STAGES_WITH_A_JOB = frozenset({Stage.CONFIRM_JOB, Stage.ASK_ACTION, Stage.EXECUTE_ACTION})
 
 
 class UndecodableState(ValueError):
@@ -137,16 +145,30 @@ def state_to_dict(state: CallState, version: int) -> dict[str, Any]:
     }
 
 
+def _attempts_of(document: Mapping[str, Any]) -> int:
+    attempts = document.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        raise UndecodableState(f"attempts is not an integer: {attempts!r}")
+    if not 0 <= attempts <= MAX_STORED_ATTEMPTS:
+        raise UndecodableState(f"attempts {attempts} is out of range 0..{MAX_STORED_ATTEMPTS}")
+    return attempts
+
+
 def state_from_dict(document: Mapping[str, Any]) -> CallState:
+    """The state in ``document`` (current schema). Every value is checked for type and range:
+    a state that decodes can be stepped and written back (one more attempt, version + 1)."""
     last_updated = datetime.fromisoformat(document["last_updated"])
     if last_updated.tzinfo is None:
         raise UndecodableState("last_updated has no UTC offset")
     action = document.get("action_type")
     job = document.get("job")
+    stage = Stage(document["stage"])
+    if stage in STAGES_WITH_A_JOB and not job:
+        raise UndecodableState(f"stage {stage.value} without a job")
     return CallState(
         call_sid=str(document["call_sid"]),
-        stage=Stage(document["stage"]),
-        attempts=int(document.get("attempts", 0)),
+        stage=stage,
+        attempts=_attempts_of(document),
         language=Language(document["language"]),
         last_updated=last_updated,
         client_id=str(document.get("client_id") or ""),
@@ -202,6 +224,9 @@ def decode(raw: bytes) -> Decoded:
     version = _version_of(document)
     if version is None:
         raise UndecodableState(f"no valid version counter: {document.get('version')!r}")
+    if version > MAX_STORED_VERSION:
+        # Still a number the compare-and-set understands (guard_of), but never writable.
+        raise UndecodableState(f"version {version} is out of range 0..{MAX_STORED_VERSION}")
     read_schema = document.get("schema_version")
     if not isinstance(read_schema, int) or isinstance(read_schema, bool):
         raise UndecodableState(f"no valid schema_version: {read_schema!r}")

@@ -476,6 +476,31 @@ def test_a_corrupt_value_is_logged_audited_and_replaced_by_a_fresh_start(call, j
     assert "Cliente Hospital Santa Fe." in call.gather(digits="1001").text
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("version", 2**53 - 1), ("attempts", -(10**30)), ("job", None)],
+)
+def test_a_value_that_decodes_but_cannot_be_written_back_is_corrupt(call, jobs, redis_client, field, value):
+    """Reported: these wedged the call until the key expired (ValueError, TypeError on write-back)."""
+    import json
+
+    walk(call, ["1001", "501"])
+    key = state_key(call.call_sid)
+    document = {**orjson.loads(redis_client.get(key)), field: value}
+    if field == "job":
+        document["stage"] = "confirm_job"
+    redis_client.set(key, json.dumps(document).encode(), ex=300)  # json: any integer, as any writer could
+    answer = call.gather()  # a failed input (silence): one more attempt
+    assert_gathers(answer)
+    assert answer.says[0] == "Tuvimos un problema con su llamada; empecemos de nuevo."
+    rows = audit_rows(call)
+    assert [row.sequence for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[-2].event["kind"] == "state_corrupt"
+    assert (stored_state(call)["version"], stored_state(call)["stage"]) == (5, "collect_client_id")
+    assert "callops_ivr_state_corrupt_total" in call.client.get("/metrics").content.decode()
+    assert "Cliente Hospital Santa Fe." in call.gather(digits="1001").text  # and it goes on
+
+
 # --- the edges of the HTTP surface ---------------------------------------------------------------------------
 
 
