@@ -504,6 +504,51 @@ def test_a_value_that_decodes_but_cannot_be_written_back_is_corrupt(call, jobs, 
 # --- the edges of the HTTP surface ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("confidence", ["nan", "NaN", "inf", "-inf", "1e999", "-0.5", "7", "abc", ""])
+def test_a_bad_speech_confidence_is_dropped_and_the_speech_kept(call, jobs, confidence):
+    walk(call, ["1001", "501", "1", "2"])
+    answer = call.gather(speech="Cambiar la válvula.", confidence=confidence)
+    assert "Guardé su nota" in answer.text
+    assert JobNote.objects.get(job=jobs["501"], call_sid=call.call_sid).text == "Cambiar la válvula."
+    said = audit_rows(call)[-1].event["steps"][0]["input"]
+    assert said["confidence"] is None
+    assert said["text"] == "Cambiar la válvula."
+
+
+@pytest.mark.parametrize("duration", ["-5", "12345678901234567890", "2147483648", "1.5", "abc", "٣"])
+def test_a_bad_call_duration_is_ignored_and_the_call_still_closed(call, jobs, duration):
+    walk(call, ["1001"])
+    answer = call.status("completed", sequence=1, duration=duration)
+    assert answer.status_code == 200
+    session = CallSession.objects.get(call_sid=call.call_sid)
+    assert session.ended_at is not None
+    assert (session.outcome, session.duration_seconds) == ("abandoned", None)
+    assert audit_rows(call)[-1].event["kind"] == "call_ended"
+
+
+def test_a_bad_sequence_number_is_ignored_and_the_status_recorded(call, jobs):
+    walk(call, [])
+    assert call.status("ringing", sequence=10**20).status_code == 200
+    session = CallSession.objects.get(call_sid=call.call_sid)
+    assert (session.last_call_status, session.last_status_sequence) == ("ringing", None)
+    assert call.status("completed", sequence=2, duration=30).status_code == 200
+    session.refresh_from_db()
+    assert (session.ended_at is not None, session.duration_seconds) == (True, 30)
+
+
+def test_data_the_database_refuses_is_a_bug_answered_once_not_a_conflict_retried(call, jobs, caplog):
+    """Only the unique (call, sequence) clash is a concurrent change worth running again."""
+    from django.db import IntegrityError
+
+    from callops.ivr.service import _finish_call
+
+    walk(call, ["1001"])
+    with pytest.raises(IntegrityError):  # past the edge's checks: a bug, raised at the first try
+        _finish_call(call.call_sid, "completed", -5, timezone.now())
+    assert CallSession.objects.get(call_sid=call.call_sid).ended_at is None
+    assert [row.sequence for row in audit_rows(call)] == [1, 2]
+
+
 def test_a_signed_request_without_call_sid_is_a_400(client):
     from tests.callops.ivr.support import sign
 
