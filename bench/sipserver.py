@@ -270,6 +270,78 @@ def run_sipp_noack(server: Server, calls: int) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _Sink:
+    """A transport that counts what the layer sends: the in-process phase measures our code alone."""
+
+    protocol = "UDP"
+    local = ("127.0.0.1", 5060)
+
+    def __init__(self) -> None:
+        from sipcore.sip import TransportInfo
+
+        self.sent = 0
+        self._info = TransportInfo("UDP", False, self.local, ("127.0.0.1", 5070))
+
+    def info_for(self, remote: tuple[str, int]):  # type: ignore[no-untyped-def]
+        return self._info
+
+    def send(self, data: bytes, destination: tuple[str, int], on_error: object = None) -> None:
+        self.sent += 1
+
+    def close(self) -> None:
+        pass
+
+
+def in_process(calls: int, repeats: int = 5) -> dict[str, float]:
+    """CPU us per transaction of parse + layer + UAS core + build, no sockets: median of repeats."""
+    import asyncio
+    import gc
+    import statistics
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callops.settings")
+    from sipcore.dialplan import DEMO_RULES, DialPlan
+    from sipcore.layer import TransactionLayer
+    from sipcore.metrics import NodeMetrics
+    from sipcore.uas import UasCore
+
+    head = (
+        "{method} sip:{user}@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{i}\r\n"
+        "From: sipp <sip:sipp@127.0.0.1:5070>;tag={i}\r\nTo: <sip:{user}@127.0.0.1:5060>{to_tag}\r\n"
+        "Call-ID: {i}@127.0.0.1\r\nCSeq: 1 {method}\r\nContact: <sip:sipp@127.0.0.1:5070>\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+
+    async def run(kind: str) -> float:
+        layer = TransactionLayer(loop=asyncio.get_running_loop(), metrics=NodeMetrics("bench"))
+        layer.attach(UasCore(layer, DialPlan.of(DEMO_RULES)))
+        sink = _Sink()
+        layer.add_transport(sink)  # type: ignore[arg-type]
+        method, user = ("OPTIONS", "ping") if kind == "options" else ("INVITE", "busy")
+        requests = [head.format(method=method, user=user, i=i, to_tag="").encode() for i in range(calls)]
+        started = time.process_time()
+        for index, datagram in enumerate(requests):
+            layer.datagram_received(datagram, sink, ("127.0.0.1", 5070))  # type: ignore[arg-type]
+            if kind != "options":  # the ACK carries the To tag of the 486 just sent
+                tx = next(reversed(layer.server.values()))
+                tag = tx.last_response.to_tag if tx.last_response else ""
+                ack = head.format(method="ACK", user="busy", i=index, to_tag=f";tag={tag}").encode()
+                layer.datagram_received(ack, sink, ("127.0.0.1", 5070))  # type: ignore[arg-type]
+            if index % 50 == 49:
+                await asyncio.sleep(0)  # a loop turn: the commit and the sends
+        await asyncio.sleep(0)
+        elapsed = time.process_time() - started
+        layer.close()
+        return elapsed / calls * 1e6
+
+    results = {}
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    for kind in ("options", "invite_busy"):
+        results[kind] = statistics.median(asyncio.run(run(kind)) for _ in range(repeats))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=30000, help="calls per run")
@@ -311,6 +383,9 @@ def main() -> int:
         label = "OPTIONS" if run.scenario == "options" else "INVITE->486->ACK"
         print(f"{run.server:<14} {label:<22} {run.rate:>8.0f} {run.failed:>7} {run.retransmissions:>8} "
               f"{run.cpu_us:>10.1f} {ratio:>12}")  # fmt: skip
+    figures = in_process(5000)
+    print(f"\ncallops in-process (no sockets, median of 5 x 5,000): OPTIONS {figures['options']:.0f} us CPU/tx, "
+          f"INVITE->486->ACK {figures['invite_busy']:.0f} us CPU/tx")  # fmt: skip
     p99, live = lateness_p99(2000)
     print(f"\ncallops x1: timer lateness p99 {p99 * 1000:.1f} ms (histogram bucket bound) with "
           f"{live:.0f} INVITE server transactions live after 2,000 unACKed 486s")  # fmt: skip

@@ -94,8 +94,8 @@ def check_request(request: Request, uri: Uri | None = None) -> tuple[int, str, l
             return 400, "Bad Request-URI", []
     if isinstance(uri, AbsoluteUri) or getattr(uri, "scheme", "sip").lower() not in SUPPORTED_SCHEMES:
         return 416, "Unsupported URI Scheme", []
+    require, accept, encoding = _negotiation_headers(request)
     # §8.2.2.3 Require: every extension named is unsupported here (Proxy-Require is for proxies).
-    require = _tokens(request.headers.get_all("Require"))
     unsupported = [option for option in require if option.lower() not in SUPPORTED]
     if unsupported and method not in ("CANCEL", "ACK"):
         return 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]
@@ -105,21 +105,34 @@ def check_request(request: Request, uri: Uri | None = None) -> tuple[int, str, l
         mime = content_type.mime.lower() if content_type is not None else "application/sdp"
         if mime not in ACCEPTED_TYPES:
             return 415, "Unsupported Media Type", [("Accept", ACCEPT)]
-        encoding = request.headers.get("Content-Encoding")
-        if encoding and encoding.strip().lower() != "identity":
+        if encoding and encoding.lower() != "identity":
             return 415, "Unsupported Media Type", [("Accept-Encoding", "identity")]
     # §8.2.3 / §21.4.7: a 2xx to this INVITE carries SDP; an Accept without it is 406 (RFC 4475 §3.3.15).
-    if method == "INVITE":
-        accept = request.headers.get_all("Accept")
-        if accept and not any(
-            media.split(";")[0].strip().lower() in ("application/sdp", "application/*", "*/*")
-            for media in _tokens(accept)
-        ):
-            return 406, "Not Acceptable", [("Accept", ACCEPT)]
+    takes_sdp = (
+        media.split(";")[0].strip().lower() in ("application/sdp", "application/*", "*/*") for media in accept
+    )
+    if method == "INVITE" and accept and not any(takes_sdp):
+        return 406, "Not Acceptable", [("Accept", ACCEPT)]
     # RFC 3261 §16.3 step 2 for what would go further: OPTIONS is answered here (§11).
     if request.max_forwards == 0 and method != "OPTIONS":
         return 483, "Too Many Hops", []
     return None
+
+
+def _negotiation_headers(request: Request) -> tuple[list[str], list[str], str | None]:
+    """Require and Accept items and the first Content-Encoding, in one pass over the header lines."""
+    require: list[str] = []
+    accept: list[str] = []
+    encoding = None
+    for name, value in request.headers:
+        key = name.lower()
+        if key == "require":
+            require += _tokens([value])
+        elif key == "accept":
+            accept += _tokens([value])
+        elif key in ("content-encoding", "e") and encoding is None:
+            encoding = value.strip()
+    return require, accept, encoding
 
 
 def _tokens(values: list[str]) -> list[str]:
