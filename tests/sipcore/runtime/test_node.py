@@ -8,6 +8,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from tests.sipcore.runtime.conftest import FAST_TIMERS
 from tests.sipcore.runtime.support import free_udp_tcp_port, run_sipp, scenario, start_node
 from tests.sipcore.runtime.test_sipp import invite
@@ -75,3 +77,25 @@ def node_metrics(port: int) -> float:
         for line in text.splitlines()
         if line.startswith('sip_messages_in_total{method="OPTIONS"')
     )
+
+
+@pytest.mark.slow  # about 13 s: the heartbeat beats every 5 s
+def test_redis_down_the_node_keeps_serving_and_beats_again_when_it_is_back(node_env, tmp_path, private_redis):
+    import redis
+
+    env = {**node_env, "REDIS_URL": private_redis.url}
+    node = start_node(env, tmp_path, *FAST_TIMERS)
+    client = redis.Redis.from_url(private_redis.url, socket_connect_timeout=1)
+    key = f"sip:node:test-{node.port}"
+    try:
+        wait_for(lambda: client.get(key), timeout=10, what="the first heartbeat")
+        private_redis.stop()
+        result = run_sipp(node.address, tmp_path, "-sn", "uac", "-m", "50", "-r", "100", "-s", "alice")
+        assert result.stat("SuccessfulCall") == 50, result.failures()
+        wait_for(lambda: "heartbeat failed" in node.process.output(), timeout=10, what="a failed heartbeat")
+        assert node.process.alive()
+        private_redis.start()
+        client.delete(key)
+        wait_for(lambda: client.get(key), timeout=10, what="the heartbeat after Redis came back")
+    finally:
+        node.process.stop()
