@@ -12,6 +12,7 @@ from sipcore.sip.errors import (
 )
 from sipcore.sip.headers import CSeq, MediaType, NameAddress, Via
 from sipcore.sip.keys import TransactionKey
+from sipcore.sip.limits import ParserLimits
 from sipcore.sip.message import Headers, Message, Request, Response, parse_message
 from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot
 from sipcore.sip.stream import StreamError, StreamParser
@@ -48,6 +49,7 @@ __all__ = [
     "NonInviteServerTransaction",
     "Outgoing",
     "ParseError",
+    "ParserLimits",
     "Request",
     "Response",
     "SipUri",

@@ -52,6 +52,27 @@ QUOTED_STRING: Final = r'"(?:[ \t\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]++|\\[\x0
 # IPv6reference = "[" IPv6address "]" (RFC 3261 §25.1, RFC 5118): by characters, with
 # at least one colon; the address itself is checked by ipaddress afterwards.
 IPV6_REFERENCE: Final = r"\[[0-9A-Fa-f.]*+:[0-9A-Fa-f:.]*+\]"
+# IPv6address (RFC 3986 §3.2.2, the text forms of RFC 4291 §2.2), checked after a
+# match by characters (sipcore.sip.uri.is_ipv6_text): one branch per count of
+# groups before "::". Its backtracking is bounded by the address's 46 characters,
+# and it is only ever matched against text of at most that length. RFC 5118 §4.10:
+# RFC 3261's ABNF allows an extra colon before an embedded IPv4 address
+# ("2001:db8:::192.0.2.1"), so "::" may be written ":::".
+_H16: Final = r"[0-9A-Fa-f]{1,4}+"
+_DEC_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_LS32: Final = rf"(?:{_H16}:{_H16}|{_DEC_OCTET}(?:\.{_DEC_OCTET}){{3}})"
+_DOUBLE_COLON: Final = r":::?"
+IPV6_ADDRESS: Final = (
+    rf"(?:(?:{_H16}:){{6}}{_LS32}"
+    rf"|{_DOUBLE_COLON}(?:{_H16}:){{5}}{_LS32}"
+    rf"|(?:{_H16})?{_DOUBLE_COLON}(?:{_H16}:){{4}}{_LS32}"
+    rf"|(?:(?:{_H16}:){{0,1}}{_H16})?{_DOUBLE_COLON}(?:{_H16}:){{3}}{_LS32}"
+    rf"|(?:(?:{_H16}:){{0,2}}{_H16})?{_DOUBLE_COLON}(?:{_H16}:){{2}}{_LS32}"
+    rf"|(?:(?:{_H16}:){{0,3}}{_H16})?{_DOUBLE_COLON}{_H16}:{_LS32}"
+    rf"|(?:(?:{_H16}:){{0,4}}{_H16})?{_DOUBLE_COLON}{_LS32}"
+    rf"|(?:(?:{_H16}:){{0,5}}{_H16})?{_DOUBLE_COLON}{_H16}"
+    rf"|(?:(?:{_H16}:){{0,6}}{_H16})?{_DOUBLE_COLON})"
+)
 # hostname = *( domainlabel "." ) toplabel [ "." ]; labels of alphanum and inner "-".
 # Checked by characters only: the label rules cost a backtracking regex on every
 # Via, and a bad name fails at DNS.

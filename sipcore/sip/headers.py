@@ -28,7 +28,8 @@ from sipcore.sip.grammar import (
     VIA_PARM_RE,
     WARNING_VALUE_RE,
 )
-from sipcore.sip.uri import Uri, check_host, is_ipv6_text, parse_uri
+from sipcore.sip.limits import DEFAULT_LIMITS, ParserLimits
+from sipcore.sip.uri import Uri, check_host, check_uri_length, check_uri_params, is_ipv6_text, parse_uri
 
 MAX_UINT32: Final = 2**32 - 1
 
@@ -123,6 +124,16 @@ def check_param_values(params: str, header: str) -> None:
             raise ParseError(f"{header}: {name}={value[:60]} is neither a token nor an IPv6 address")
 
 
+def check_param_count(params: str, header: str, limits: ParserLimits) -> None:
+    """Refuse more than ``limits.max_params`` parameters in one entry's ``;a=b;c`` (400).
+
+    Counting the ";"s is exact unless a quoted value holds one; only then are
+    the parameters split to count them.
+    """
+    if params.count(";") > limits.max_params and (count := len(split_params(params))) > limits.max_params:
+        raise ParseError(f"{header}: {count} parameters exceed max_params {limits.max_params}")
+
+
 def _is_small_number(text: str | None) -> TypeGuard[str]:
     """ASCII digits, at most 10 of them: safe for int() and at most ~2**33."""
     return text is not None and 0 < len(text) <= 10 and text.isascii() and text.isdigit()
@@ -192,7 +203,8 @@ class NameAddress(NamedTuple):
 
     @property
     def parsed_uri(self) -> Uri:
-        return parse_uri(self.uri, "address")
+        # Its length and parameters were bounded when the header was checked.
+        return parse_uri(self.uri, "address", limits=None)
 
     def __str__(self) -> str:
         if self.bracketed:
@@ -222,20 +234,32 @@ class MediaType(NamedTuple):
         return f"{self.type}/{self.subtype}"
 
 
-# --- rules: each known header is checked when a message is parsed (check: value ->
-# seed, or ParseError naming the header) and typed on first use (build: seeds -> value).
+# --- rules: each known header is checked when a message is parsed (check: value,
+# limits -> seed, or ParseError naming the header) and typed on first use (build:
+# seeds -> value). A check refuses an entry past the limits before the per-parameter
+# work (check_param_values) on it.
+
+
+def list_entries_error(header: str, limits: ParserLimits) -> ParseError:
+    return ParseError(f"{header}: more than max_list_entries {limits.max_list_entries} entries")
 
 
 def _match_list(value: str, match_item: Callable[[str, int], re.Match[str] | None], header: str,
-                what: str) -> list[re.Match[str]]:  # fmt: skip
-    """item *(COMMA item) -> one match per item, or ParseError naming the header."""
+                what: str, limits: ParserLimits) -> list[re.Match[str]]:  # fmt: skip
+    """item *(COMMA item) -> one match per item, or ParseError naming the header.
+
+    Stops at the first entry past ``limits.max_list_entries``.
+    """
     found = []
     pos, end = 0, len(value)
+    most = limits.max_list_entries
     while True:
         m = match_item(value, pos)
         if m is None:
             raise ParseError(f"{header}: cannot parse {value[pos : pos + 80]!r} as {what}")
         found.append(m)
+        if len(found) > most:
+            raise list_entries_error(header, limits)
         pos = m.end()
         if pos == end:
             return found
@@ -245,12 +269,14 @@ def _match_list(value: str, match_item: Callable[[str, int], re.Match[str] | Non
         pos = comma.end()
 
 
-def check_via(value: str) -> list[re.Match[str]]:
+def check_via(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> list[re.Match[str]]:
     """via-parm *(COMMA via-parm) -> one match per via-parm."""
     m = _fast_via(value)
-    if m is not None:
+    if m is not None and m[6].count(";") <= limits.max_params:
         return [m]
-    found = _match_list(value, VIA_PARM_RE.match, "Via", "a via-parm")
+    found = _match_list(value, VIA_PARM_RE.match, "Via", "a via-parm", limits)
+    for m in found:
+        check_param_count(m[6], "Via", limits)
     for m in found:
         if m[4][0] == "[":
             check_host(m[4], "Via")
@@ -272,14 +298,29 @@ def build_via(seeds: list[re.Match[str]]) -> list[Via]:
     return [via_of(m) for m in seeds]
 
 
-def _check_addresses(header: str) -> Callable[[str], list[re.Match[str]]]:
+def _check_address_limits(m: re.Match[str], header: str, limits: ParserLimits) -> None:
+    """The URI's length and parameters, and the header parameters, of one name-addr."""
+    uri = m[2] if m[2] is not None else m[3]
+    check_uri_length(uri, header, limits)
+    check_uri_params(uri, header, limits)
+    check_param_count(m[4], header, limits)
+
+
+def _within_limits(value: str, limits: ParserLimits) -> bool:
+    """Can no URI or parameter list in ``value`` be past the limits? (The fast paths' guard.)"""
+    return len(value) <= limits.max_uri_length and value.count(";") <= limits.max_params
+
+
+def _check_addresses(header: str) -> Callable[[str, ParserLimits], list[re.Match[str]]]:
     fast = FAST_NAME_ADDR_RE.fullmatch
 
-    def check(value: str) -> list[re.Match[str]]:
+    def check(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> list[re.Match[str]]:
         m = fast(value)
-        if m is not None:
+        if m is not None and _within_limits(value, limits):
             return [m]
-        found = _match_list(value, NAME_ADDR_PARAMS_RE.match, header, "name-addr or addr-spec")
+        found = _match_list(value, NAME_ADDR_PARAMS_RE.match, header, "name-addr or addr-spec", limits)
+        for m in found:
+            _check_address_limits(m, header, limits)
         for m in found:
             check_param_values(m[4], header)
         return found
@@ -287,16 +328,17 @@ def _check_addresses(header: str) -> Callable[[str], list[re.Match[str]]]:
     return check
 
 
-def _check_address(header: str) -> Callable[[str], re.Match[str]]:
+def _check_address(header: str) -> Callable[[str, ParserLimits], re.Match[str]]:
     fast, general = FAST_NAME_ADDR_RE.fullmatch, NAME_ADDR_PARAMS_RE.fullmatch
 
-    def check(value: str) -> re.Match[str]:
+    def check(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> re.Match[str]:
         m = fast(value)
-        if m is not None:
+        if m is not None and _within_limits(value, limits):
             return m
         m = general(value)
         if m is None:
             raise ParseError(f"{header}: cannot parse {value[:80]!r} as name-addr or addr-spec")
+        _check_address_limits(m, header, limits)
         check_param_values(m[4], header)
         return m
 
@@ -313,10 +355,10 @@ def build_addresses(seeds: list[re.Match[str]]) -> list[NameAddress]:
     return [address_of(m) for m in seeds]
 
 
-def check_contact(value: str) -> list[re.Match[str]]:
+def check_contact(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> list[re.Match[str]]:
     if value == "*":  # RFC 3261 §10.2.2: REGISTER removing all bindings
         return []
-    found = _check_contacts(value)
+    found = _check_contacts(value, limits)
     for m in found:
         params = m[4]
         if params and "expires" in params.lower():
@@ -330,14 +372,14 @@ def check_contact(value: str) -> list[re.Match[str]]:
 _check_contacts = _check_addresses("Contact")
 
 
-def check_call_id(value: str) -> re.Match[str]:
+def check_call_id(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> re.Match[str]:
     m = CALL_ID_RE.fullmatch(value)
     if m is None:
         raise ParseError(f"Call-ID: {value[:80]!r} is not word [ @ word ]")
     return m
 
 
-def check_cseq(value: str) -> re.Match[str]:
+def check_cseq(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> re.Match[str]:
     m = FAST_CSEQ_RE.fullmatch(value) or CSEQ_RE.fullmatch(value)
     if m is None:
         raise ParseError(f"CSeq: {value[:80]!r} is not a number and a method")
@@ -356,8 +398,8 @@ _SMALL_NUMBERS: Final[dict[str, int]] = {str(number): number for number in range
 _BYTE_NUMBERS: Final[dict[str, int]] = {str(number): number for number in range(256)}
 
 
-def _check_bounded_int(header: str, maximum: int) -> Callable[[str], int]:
-    def check(value: str) -> int:
+def _check_bounded_int(header: str, maximum: int) -> Callable[[str, ParserLimits], int]:
+    def check(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> int:
         number = _SMALL_NUMBERS.get(value)
         if number is not None and number <= maximum:
             return number
@@ -373,7 +415,7 @@ def _check_bounded_int(header: str, maximum: int) -> Callable[[str], int]:
     return check
 
 
-def check_content_length(value: str) -> int:
+def check_content_length(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> int:
     number = _SMALL_NUMBERS.get(value)
     if number is not None:
         return number
@@ -385,10 +427,11 @@ def check_content_length(value: str) -> int:
     return int(value)
 
 
-def check_content_type(value: str) -> re.Match[str]:
+def check_content_type(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> re.Match[str]:
     m = MEDIA_TYPE_RE.fullmatch(value)
     if m is None:
         raise ParseError(f"Content-Type: {value[:80]!r} is not a media type")
+    check_param_count(m[3], "Content-Type", limits)
     check_param_values(m[3], "Content-Type")
     return m
 
@@ -397,27 +440,27 @@ def build_content_type(m: re.Match[str]) -> MediaType:
     return MediaType(m[1].lower(), m[2].lower(), split_params(m[3]))
 
 
-def check_date(value: str) -> str:
+def check_date(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> str:
     if SIP_DATE_RE.fullmatch(value) is None:
         # RFC 4475 §3.1.2.12 (baddate): GMT is the only time zone SIP-date allows.
         raise ParseError(f"Date: {value[:80]!r} is not an RFC 1123 date in GMT")
     return value
 
 
-def check_retry_after(value: str) -> int:
+def check_retry_after(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> int:
     m = RETRY_AFTER_RE.fullmatch(value)
     if m is None or len(m[1]) > 10 or int(m[1]) > MAX_UINT32:
         # RFC 4475 §3.1.2.5 (scalarlg)
         raise ParseError(f"Retry-After: {value[:40]!r} is not delta-seconds up to 2**32-1")
+    check_param_count(m[2], "Retry-After", limits)
     check_param_values(m[2], "Retry-After")
     return int(m[1])
 
 
-def check_warning(value: str) -> list[str]:
+def check_warning(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> list[str]:
     # RFC 4475 §3.1.2.5 (scalarlg): warn-code is exactly 3 digits.
-    return [
-        m[0] for m in _match_list(value, WARNING_VALUE_RE.match, "Warning", "warn-code warn-agent warn-text")
-    ]
+    found = _match_list(value, WARNING_VALUE_RE.match, "Warning", "warn-code warn-agent warn-text", limits)
+    return [m[0] for m in found]
 
 
 def _same(seed: Any) -> Any:
@@ -429,7 +472,8 @@ def _whole_match(m: re.Match[str]) -> str:
 
 
 class HeaderRule(NamedTuple):
-    check: Callable[[str], Any]  # value -> seed (a list of seeds for list headers); ParseError if bad
+    # value, limits -> seed (a list of seeds for list headers); ParseError if bad or past the limits
+    check: Callable[[str, ParserLimits], Any]
     build: Callable[[Any], Any]  # seed (or the list of all lines' seeds) -> typed value
     multiple: bool  # may it appear on several lines? (a comma-separated list)
     # The parser's shortcut: a C-level matcher for the plain spelling, returning the

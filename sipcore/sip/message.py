@@ -24,12 +24,14 @@ from sipcore.sip.headers import (
     Via,
     canonical_key,
     display_name_of,
+    list_entries_error,
     via_of,
 )
-from sipcore.sip.uri import SCHEME_RE, Uri, parse_uri, validate_sip_uri
+from sipcore.sip.limits import DEFAULT_LIMITS, ParserLimits
+from sipcore.sip.uri import SCHEME_RE, Uri, check_uri_length, check_uri_params, parse_uri, validate_sip_uri
 
 SIP_VERSION: Final = "SIP/2.0"
-MAX_DATAGRAM_SIZE: Final = 65535  # RFC 3261 §18.1.1: nothing larger fits a UDP datagram
+MAX_DATAGRAM_SIZE: Final = DEFAULT_LIMITS.max_datagram_size  # RFC 3261 §18.1.1
 
 # Methods of RFC 3261 and the extensions a proxy meets every day.
 KNOWN_METHODS: Final = frozenset(
@@ -48,19 +50,20 @@ _FAST_REQUEST_URI_RE: Final = re.compile(
 )
 
 _VERSION_RE: Final = re.compile(r"SIP/[0-9]++\.[0-9]++", re.IGNORECASE)
-# Folds: the white space around each CRLF that starts a continuation line, taken
-# together when several follow each other. Searched for, so a match may only start
-# where a run of white space starts (the look-behind): otherwise every position
-# inside a long run would scan the rest of it again.
-_UNFOLD_RE: Final = re.compile(r"(?<![ \t])[ \t]*+(?:\r\n[ \t]++)++")
 # Reason-Phrase: any UTF-8 text, SP and HTAB; no other control characters.
 _BAD_REASON_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _header_entry(key: str) -> tuple[str, Any, Any, bool]:
-    """(lookup key, fast matcher or None, check or None, may repeat) for a lookup key."""
+def _header_entry(key: str, careful: bool = False) -> tuple[str, Any, Any, bool]:
+    """(lookup key, fast matcher or None, check or None, may repeat) for a lookup key.
+
+    ``careful``: without the fast matcher, whose plain spellings carry no limits
+    of their own (used when a message's counts say a limit may be reached).
+    """
     rule = HEADER_RULES.get(key)
-    return (key, None, None, True) if rule is None else (key, rule.fast, rule.check, rule.multiple)
+    if rule is None:
+        return (key, None, None, True)
+    return (key, None if careful else rule.fast, rule.check, rule.multiple)
 
 
 # Exact spellings seen on the wire -> their entry, so the common case costs one
@@ -78,6 +81,9 @@ for _key in (*HEADER_RULES, *_COMMON_UNCHECKED):
         _ENTRY_OF_SPELLING[_spelling] = _header_entry(_key)
 for _short, _full in COMPACT_FORMS.items():
     _ENTRY_OF_SPELLING[_short] = _ENTRY_OF_SPELLING[_short.upper()] = _header_entry(_full)
+_CAREFUL_ENTRY_OF_SPELLING: Final = {
+    spelling: _header_entry(entry[0], careful=True) for spelling, entry in _ENTRY_OF_SPELLING.items()
+}
 
 
 _UNBUILT: Final = object()
@@ -166,9 +172,12 @@ class Headers:
         key = canonical_key(name)
         rule = HEADER_RULES.get(key)
         if rule is not None:
-            seed = rule.check(value)
+            seed = rule.check(value, DEFAULT_LIMITS)
             if rule.multiple:
-                self._seeds[key] = [*self._seeds.get(key, ()), *seed]
+                merged = [*self._seeds.get(key, ()), *seed]
+                if len(merged) > DEFAULT_LIMITS.max_list_entries:
+                    raise list_entries_error(display_name_of(key), DEFAULT_LIMITS)
+                self._seeds[key] = merged
             elif key in self._seeds:
                 raise ParseError(f"{display_name_of(key)} may appear only once")
             else:
@@ -382,7 +391,8 @@ class Request(Message):
 
     @property
     def request_uri(self) -> Uri:
-        return parse_uri(self.uri, "Request-URI")
+        # Parsed messages had its length and parameters bounded by the request line's check.
+        return parse_uri(self.uri, "Request-URI", limits=None)
 
     def copy(self) -> Request:
         return Request(self.method, self.uri, self.headers.copy(), self.body)
@@ -449,22 +459,27 @@ def _bad_version(version: str) -> ParseError:
     return ParseError(f"{version[:40]!r} is not a SIP version")
 
 
-def _parse_request_line(line: str) -> tuple[str, str]:
+def _parse_request_line(line: str, limits: ParserLimits, careful: bool) -> tuple[str, str]:
     method, _, rest = line.partition(" ")
     uri, _, version = rest.partition(" ")
-    if version == SIP_VERSION and method in KNOWN_METHODS:
+    if len(uri) > limits.max_uri_length:
+        # RFC 3261 §21.4.12: 414 for a Request-URI longer than the server will interpret.
+        check_uri_length(uri, "Request-URI", limits, 414)
+    if version == SIP_VERSION and method in KNOWN_METHODS and not careful:
         m = _FAST_REQUEST_URI_RE.fullmatch(uri)
         if m is not None and (m[1] is None or int(m[1]) <= 65535):
             return method, uri
-    return _parse_request_line_in_full(line)
+    return _parse_request_line_in_full(line, limits)
 
 
-def _parse_request_line_in_full(line: str) -> tuple[str, str]:
-    parts = line.split(" ")
+def _parse_request_line_in_full(line: str, limits: ParserLimits) -> tuple[str, str]:
+    parts = line.split(" ", 3)  # a fourth part means a space too many
     if len(parts) != 3 or not all(parts):
         # RFC 4475 §3.1.2.8-10 (lwsruri, lwsstart, trws); §25: exactly one SP between elements.
         raise ParseError(f"request line {line[:80]!r} is not Method SP Request-URI SP SIP-Version")
     method, uri, version = parts
+    check_uri_length(uri, "Request-URI", limits, 414)
+    check_uri_params(uri, "Request-URI", limits)
     if version != SIP_VERSION and version.upper() != SIP_VERSION:
         raise _bad_version(version)
     if TOKEN_RE.fullmatch(method) is None:
@@ -478,7 +493,7 @@ def _parse_request_line_in_full(line: str) -> tuple[str, str]:
             # RFC 4475 §3.1.2.11 (escruri); RFC 3261 §19.1.5: no headers in a Request-URI.
             raise ParseError(f"Request-URI {uri[:80]!r} must not contain headers")
     else:
-        parse_uri(uri, "Request-URI")
+        parse_uri(uri, "Request-URI", limits=None)
     return method, uri
 
 
@@ -500,32 +515,82 @@ class _FoldedLines(Exception):
     """Raised by the first pass on meeting a continuation line; the head is unfolded and parsed again."""
 
 
-def _parse_head(head: bytes) -> Request | Response:
+def _parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> Request | Response:
+    """Parse a header section (start line and header lines joined by CRLF, no empty line)."""
+    # The limits counted on the raw bytes, before any per-line work (sipcore.sip.limits).
+    lines = head.count(b"\n")  # each CRLF; a bare LF, refused anyway, counts too
+    if lines > limits.max_header_lines:
+        raise ParseError(f"{lines} header lines exceed max_header_lines {limits.max_header_lines}")
+    semicolons = head.count(b";")
+    if semicolons > limits.max_message_params:
+        raise ParseError(
+            f"{semicolons} parameters (counted by ';') exceed max_message_params {limits.max_message_params}"
+        )
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         text = head.decode("utf-8", "surrogateescape")  # kept byte for byte, and written back so
-    # RFC 3261 §7.3.1: a line starting with SP or HTAB continues the one before; the
-    # fold is LWS and reads as one SP. Folding is rare, so it is looked for only when
-    # the first pass meets a continuation line or fails.
+    # Few enough ";" that no entry or URI can hold more than max_params parameters:
+    # the fast matchers, which do not count them, are safe.
+    many_params = semicolons > limits.max_params
+    # Folding is rare, so it is looked for only when the first pass meets a
+    # continuation line or fails.
     try:
-        return _parse_lines(text)
+        return _parse_lines(text, limits, many_params)
     except _FoldedLines:
         pass
     except ParseError:
         if "\r\n " not in text and "\r\n\t" not in text:
             raise
-    return _parse_lines(_UNFOLD_RE.sub(_one_space_per_fold, text))
+    return _parse_lines(unfold(text), limits, many_params)
 
 
-def _one_space_per_fold(fold: re.Match[str]) -> str:
-    return " " * fold[0].count("\r\n")
+def unfold(text: str) -> str:
+    """Join each continuation line to the line it continues (RFC 3261 §7.3.1).
+
+    A line starting with SP or HTAB continues the one before; the fold (the
+    white space around its CRLF) is LWS and reads as one SP, and a run of folds
+    (continuation lines of white space only) as one SP per CRLF. One pass over
+    the lines: each piece of text is copied a bounded number of times, however
+    many lines there are and however long (a regular expression searched for
+    the folds would start a match attempt at every character).
+    """
+    logical: list[str] = []
+    pieces: list[str] = []  # of the line being joined
+    folds = 0  # CRLFs in a run of folds not yet closed by text
+    for line in text.split("\r\n"):
+        if pieces and line[:1] in (" ", "\t"):
+            if not folds:
+                pieces[-1] = pieces[-1].rstrip(" \t")  # the run starts with the white space before it
+            folds += 1
+            rest = line.lstrip(" \t")
+            if rest:
+                pieces += (" " * folds, rest)
+                folds = 0
+            continue
+        if pieces:
+            if folds:
+                pieces.append(" " * folds)
+                folds = 0
+            logical.append("".join(pieces))
+        pieces = [line]
+    if folds:
+        pieces.append(" " * folds)
+    logical.append("".join(pieces))
+    return "\r\n".join(logical)
 
 
-def _parse_lines(text: str) -> Request | Response:
+def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request | Response:
     # A bare CR or LF cannot hide in what the grammar checks (start line, header
     # names, known headers' values); unknown headers' values are searched below.
     lines = text.split("\r\n")
+    # Lines long enough to hold a URI past the limit: the fast matchers are not safe.
+    careful = many_params
+    if len(text) > limits.max_uri_length or len(text) > limits.max_header_length:
+        longest = max(map(len, lines))
+        careful = careful or longest > limits.max_uri_length
+    else:
+        longest = 0
 
     first = lines[0]
     message: Request | Response
@@ -534,13 +599,22 @@ def _parse_lines(text: str) -> Request | Response:
         message = Response.__new__(Response)
         message.status_code, message.reason = status_code, reason
     else:
-        method, uri = _parse_request_line(first)
+        method, uri = _parse_request_line(first, limits, careful)  # 414 before 513 for a long URI
         message = Request.__new__(Request)
         message.method, message.uri = method, uri
 
+    if longest > limits.max_header_length:
+        at, line = next((at, line) for at, line in enumerate(lines) if len(line) > limits.max_header_length)
+        what = "the start line" if at == 0 else f"header {line.partition(':')[0][:40].strip()!r}"
+        raise ParseError(
+            f"{what} of {len(line)} characters exceeds max_header_length {limits.max_header_length}", 513
+        )
+
     del lines[0]
     seeds: dict[str, Any] = {}
-    entry_of = _ENTRY_OF_SPELLING
+    entry_of = _CAREFUL_ENTRY_OF_SPELLING if careful else _ENTRY_OF_SPELLING
+    most_entries = limits.max_list_entries
+    entries_left = limits.max_message_entries
     for line in lines:
         name, colon, value = line.partition(":")
         entry = entry_of.get(name)
@@ -554,7 +628,7 @@ def _parse_lines(text: str) -> Request | Response:
             name = name.rstrip(" \t")  # HCOLON = *( SP / HTAB ) ":" SWS
             if TOKEN_RE.fullmatch(name) is None:
                 raise ParseError(f"header name {name[:60]!r} is not a token")
-            entry = _header_entry(canonical_key(name))
+            entry = _header_entry(canonical_key(name), careful)
         key, fast, check, multiple = entry
         if check is None:
             if "\r" in value or "\n" in value:
@@ -563,17 +637,24 @@ def _parse_lines(text: str) -> Request | Response:
         value = value.strip(" \t")
         seed = None if fast is None else fast(value)
         if multiple:
-            seed = check(value) if seed is None else [seed]
+            seed = check(value, limits) if seed is None else [seed]
+            entries_left -= len(seed)
+            if entries_left < 0:
+                raise ParseError(
+                    f"list headers hold more than max_message_entries {limits.max_message_entries} entries"
+                )
             previous = seeds.get(key)
             if previous is None:
                 seeds[key] = seed  # a list of this parse's own: extended in place below
             else:
                 previous += seed  # not `previous + seed`: thousands of lines would cost their square
+                if len(previous) > most_entries:
+                    raise list_entries_error(display_name_of(key), limits)
         elif key in seeds:
             # RFC 4475 §3.3.8 (multi01), §3.3.9 (mcl01): single-valued headers, once.
             raise ParseError(f"{display_name_of(key)} appears more than once")
         else:
-            seeds[key] = check(value) if seed is None else seed
+            seeds[key] = check(value, limits) if seed is None else seed
 
     if not seeds.keys() >= _REQUIRED_KEYS:
         missing = next(key for key in REQUIRED_HEADERS if key not in seeds)
@@ -629,24 +710,31 @@ def _as_bytes(data: object) -> bytes:
 
 
 def parse_message(
-    data: bytes | bytearray | memoryview, *, max_size: int = MAX_DATAGRAM_SIZE
+    data: bytes | bytearray | memoryview,
+    *,
+    limits: ParserLimits = DEFAULT_LIMITS,
+    max_size: int | None = None,
 ) -> Request | Response:
     """Parse one message from a datagram (RFC 3261 §18.3).
 
     The body is Content-Length bytes; octets after it are discarded. Without
-    Content-Length the body is the rest of the datagram. Raises ParseError only.
+    Content-Length the body is the rest of the datagram. Raises ParseError only,
+    among others for anything past ``limits`` (sipcore.sip.limits); ``max_size``
+    overrides ``limits.max_datagram_size``.
     """
     if type(data) is not bytes:
         data = _as_bytes(data)
+    if max_size is None:
+        max_size = limits.max_datagram_size
     if len(data) > max_size:
-        raise ParseError(f"message of {len(data)} bytes exceeds {max_size}", 513)
+        raise ParseError(f"message of {len(data)} bytes exceeds max_datagram_size {max_size}", 513)
     start = 0
     while data.startswith(b"\r\n", start):  # RFC 3261 §7.5: CRLFs before the start line
         start += 2
     if start == len(data):
         raise ParseError("empty message")
     head, body_start = _split_head(data, start)
-    message = _parse_head(head)
+    message = _parse_head(head, limits)
     length = message.headers._seeds.get("content-length")
     available = len(data) - body_start
     if length is None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Final
 
 from sipcore.sip.errors import ParseError
+from sipcore.sip.limits import DEFAULT_LIMITS, ParserLimits
 from sipcore.sip.message import Request, Response, _parse_head
 
-DEFAULT_MAX_HEADER_SIZE: Final = 32 * 1024
-DEFAULT_MAX_BODY_SIZE: Final = 1024 * 1024
+DEFAULT_MAX_HEADER_SIZE: Final = DEFAULT_LIMITS.max_header_size
+DEFAULT_MAX_BODY_SIZE: Final = DEFAULT_LIMITS.max_body_size
 # A Content-Length line in a head that failed to parse: enough to skip the message.
 # Starts with a literal CRLF, runs possessive and each followed by what it cannot
 # take (linear, as in sipcore.sip.grammar).
@@ -44,18 +46,29 @@ class StreamParser:
     bytes fed: the search for the end of a header section resumes where it
     stopped, and nothing buffered is scanned twice.
 
-    ``max_header_size`` bounds a message's header section: the start line, the
-    header fields and the empty line that ends them (everything before the
-    body). A section of exactly that many bytes is accepted, one byte more is
-    refused (513), and a section that has not ended once that many bytes are
-    buffered is refused then, without buffering more.
+    ``limits.max_header_size`` bounds a message's header section: the start
+    line, the header fields and the empty line that ends them (everything
+    before the body). A section of exactly that many bytes is accepted, one byte
+    more is refused (513), and a section that has not ended once that many
+    bytes are buffered is refused then, without buffering more. The other
+    limits apply to each header section as to a datagram's; ``max_header_size``
+    and ``max_body_size`` override the two of ``limits``.
     """
 
     def __init__(
-        self, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE, max_body_size: int = DEFAULT_MAX_BODY_SIZE
+        self,
+        *,
+        limits: ParserLimits = DEFAULT_LIMITS,
+        max_header_size: int | None = None,
+        max_body_size: int | None = None,
     ):
-        self.max_header_size = max_header_size
-        self.max_body_size = max_body_size
+        if max_header_size is not None:
+            limits = dataclasses.replace(limits, max_header_size=max_header_size)
+        if max_body_size is not None:
+            limits = dataclasses.replace(limits, max_body_size=max_body_size)
+        self.limits = limits
+        self.max_header_size = limits.max_header_size
+        self.max_body_size = limits.max_body_size
         self._buffer = bytearray()
         self._scan_from = 0  # where the search for CRLF CRLF resumes
         self._pending: tuple[Request | Response, int, int] | None = None  # (message, body offset, length)
@@ -110,7 +123,7 @@ class StreamParser:
             self._scan_from = 0
             head = bytes(buffer[:end])
             try:
-                message = _parse_head(head)
+                message = _parse_head(head, self.limits)
             except ParseError as exc:
                 raise self._skip_bad(head, end, exc) from exc
             length = message.content_length

@@ -9,6 +9,13 @@ make a backtracking engine hesitate: ``a:``, ``[:``, ``"a``, ``;a=``...) and the
 
 ``parse_and_read`` is the work that is timed: parse, then read every typed
 view the transaction layer or a proxy may read, so lazy work is counted too.
+
+Two properties are checked on these (tests/sipcore/sip/test_linear.py): with the
+parser's limits lifted (``LIFTED``), the grammar itself parses or refuses each
+one in time linear in its size; with the default limits, no 60 KB datagram costs
+more than a few milliseconds, most being refused by a cheap count before any
+per-item work. ``at_the_limits()`` gives the most expensive messages the default
+limits still accept: every limit reached at once where they combine.
 """
 
 from __future__ import annotations
@@ -18,8 +25,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sipcore.sip import ParseError, parse_message
+from sipcore.sip import ParseError, ParserLimits, parse_message
 from sipcore.sip.headers import HEADER_RULES
+from sipcore.sip.limits import DEFAULT_LIMITS
+
+# Every count and length limit out of the way (a datagram still fits in 64 KB).
+_HUGE = 1 << 30
+LIFTED = ParserLimits(
+    max_header_lines=_HUGE,
+    max_header_length=_HUGE,
+    max_list_entries=_HUGE,
+    max_message_entries=_HUGE,
+    max_params=_HUGE,
+    max_message_params=_HUGE,
+    max_uri_length=_HUGE,
+)
 
 REQUEST_LINE = "INVITE sip:bob@example.com SIP/2.0"
 STATUS_LINE = "SIP/2.0 200 OK"
@@ -219,10 +239,52 @@ def build(case: Case, size: int) -> bytes:
     return _encoded("\r\n".join(lines) + "\r\n\r\n")
 
 
-def parse_and_read(data: bytes) -> None:
+def _message(headers: list[tuple[str, str]], start: str = REQUEST_LINE) -> bytes:
+    """BASE_HEADERS with ``headers`` replacing those of the same name, or added before Content-Length."""
+    names = {name for name, _ in headers}
+    kept = [(name, value) for name, value in BASE_HEADERS if name not in names]
+    lines = [start, *(f"{name}: {value}" for name, value in [*kept[:-1], *headers, kept[-1]])]
+    return _encoded("\r\n".join(lines) + "\r\n\r\n")
+
+
+def at_the_limits(limits: ParserLimits = DEFAULT_LIMITS) -> dict[str, bytes]:
+    """The costliest messages ``limits`` accept: per-item work at its most.
+
+    Each puts as many items as the limits allow where each item costs most to
+    check and to read: entries that are name-addrs with a URI to parse, and
+    parameters whose value must be checked as an IPv6 address.
+    """
+    semicolons = limits.max_message_params - 2  # BASE_HEADERS hold two
+    entries = limits.max_message_entries  # the Vias below replace BASE_HEADERS' one
+    per_list = min(limits.max_list_entries, entries // 4)
+    per_entry = min(limits.max_params, limits.max_header_length // 40)
+    ipv6_lines = min(semicolons // per_entry, limits.max_header_lines - 8)
+    lists = [
+        ("Via", ", ".join(["SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1;rport"] * per_list)),
+        ("Contact", ", ".join(['"A" <sip:a@[2001:db8::1];lr>;expires=60'] * per_list)),
+        ("Route", ", ".join(["<sip:a@[2001:db8::1];lr>"] * per_list)),
+        ("Record-Route", ", ".join(["<sip:a@[2001:db8::1];lr>"] * (entries - 3 * per_list))),
+    ]
+    return {
+        "list entries, each a URI with an IPv6 host": _message(lists),
+        "IPv6 parameter values, in Vias": _message(
+            [("Via", "SIP/2.0/UDP h;branch=z9hG4bK1" + ";received=1:2:3:4:5:6:1.2.3.4" * (per_entry - 1))]
+            * ipv6_lines
+        ),
+        "URI parameters, in Contacts": _message(
+            [("Contact", "<sip:a@b" + ";x=a" * per_entry + ">")] * (semicolons // per_entry)
+        ),
+        "header lines": _message(
+            [("Route", "<sip:a@b;lr>")] * per_list
+            + [("X", "a")] * (limits.max_header_lines - len(BASE_HEADERS) - per_list)
+        ),
+    }
+
+
+def parse_and_read(data: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> None:
     """Parse ``data`` and read every typed view; only ParseError may come out."""
     try:
-        message = parse_message(data)
+        message = parse_message(data, limits=limits)
     except ParseError:
         return
     for key in HEADER_RULES:
@@ -241,7 +303,9 @@ def parse_and_read(data: bytes) -> None:
             _ = message.request_uri
 
 
-def cpu_seconds(data: bytes, repeats: int = 3, at_least: float = 0.0) -> float:
+def cpu_seconds(
+    data: bytes, repeats: int = 3, at_least: float = 0.0, limits: ParserLimits = DEFAULT_LIMITS
+) -> float:
     """Best of ``repeats`` CPU times of one ``parse_and_read(data)``.
 
     Each repeat runs the parse often enough to take ``at_least`` seconds and
@@ -252,7 +316,7 @@ def cpu_seconds(data: bytes, repeats: int = 3, at_least: float = 0.0) -> float:
     while True:
         start = time.process_time()
         for _ in range(loops):
-            parse_and_read(data)
+            parse_and_read(data, limits)
         elapsed = time.process_time() - start
         if elapsed >= at_least or loops >= 1 << 16:
             break
@@ -261,6 +325,6 @@ def cpu_seconds(data: bytes, repeats: int = 3, at_least: float = 0.0) -> float:
     for _ in range(repeats - 1):
         start = time.process_time()
         for _ in range(loops):
-            parse_and_read(data)
+            parse_and_read(data, limits)
         best = min(best, (time.process_time() - start) / loops)
     return best

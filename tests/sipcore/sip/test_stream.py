@@ -176,10 +176,19 @@ def splits(data: bytes, rng: random.Random, max_chunk: int) -> list[bytes]:
 
 
 def head_of_size(size: int, call_id: str = "pad") -> bytes:
-    """A message whose header section (up to and including CRLF CRLF) is ``size`` bytes."""
-    bare = message(call_id, extra="X-Pad: \r\n")
-    assert size >= len(bare)
-    return message(call_id, extra="X-Pad: " + "p" * (size - len(bare)) + "\r\n")
+    """A message whose header section (up to and including CRLF CRLF) is ``size`` bytes.
+
+    Padded with X-Pad lines of at most about 1,000 bytes each: one header field's
+    length is limited too (ParserLimits.max_header_length).
+    """
+    missing = size - len(message(call_id))
+    assert missing >= len("X-Pad: \r\n")
+    count = -(-missing // 1000)
+    lengths = [missing // count + (i < missing % count) for i in range(count)]
+    extra = "".join("X-Pad: " + "p" * (length - 9) + "\r\n" for length in lengths)
+    data = message(call_id, extra=extra)
+    assert data.index(b"\r\n\r\n") + 4 == size
+    return data
 
 
 LIMIT = 32 * 1024
