@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.test import override_settings
 
 from callops.config import parse_networks
 
@@ -27,16 +26,19 @@ def test_view_site_leads_somewhere_real(admin_client):
 
 
 @pytest.mark.django_db
-@override_settings(SECURE_SSL_REDIRECT=True)
-def test_https_only_redirects_people_but_not_probes(client):
+def test_https_only_redirects_people_but_not_probes(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
     assert client.get("/admin/login/")["Location"] == "https://testserver/admin/login/"
     assert client.get("/healthz").status_code in (200, 503)  # load balancers probe over HTTP
     assert client.get("/metrics").status_code == 200  # Prometheus on loopback, over HTTP
 
 
 @pytest.mark.django_db
-@override_settings(SECURE_SSL_REDIRECT=True, SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"))
 def test_behind_a_tls_proxy_the_forwarded_scheme_counts(client, settings):
+    # One way of overriding only (the settings fixture): mixing it with
+    # override_settings would leave these on for the tests that follow.
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     settings.TRUSTED_PROXIES = parse_networks("TRUSTED_PROXIES", ["127.0.0.1"])
     assert client.get("/admin/login/", HTTP_X_FORWARDED_PROTO="https").status_code == 200
     assert client.get("/admin/login/", HTTP_X_FORWARDED_PROTO="http").status_code == 301
