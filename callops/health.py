@@ -373,7 +373,9 @@ def current_health(now: float | None = None) -> HealthAnswer:
                     return _stale(best, now)  # another process is refreshing
             except redis.RedisError as exc:
                 redis_error = exc
-        report = _cache.report = run_health_checks(redis_error)
+        report = run_health_checks(redis_error)
+        _log_change(best, report)
+        _cache.report = report
         if client is not None and redis_error is None:
             try:
                 pipe = client.pipeline(transaction=False)
@@ -385,6 +387,17 @@ def current_health(now: float | None = None) -> HealthAnswer:
         return HealthAnswer(report, max(0.0, time.time() - report.checked_at))
     finally:
         _cache.refreshing.release()
+
+
+def _log_change(before: HealthReport | None, after: HealthReport) -> None:
+    """Log when the verdict changes, not on every probe (views.healthz keeps Django quiet on 503s)."""
+    if before is not None and before.failing == after.failing:
+        return
+    if after.ok:
+        logger.info("health: ok")
+    else:
+        errors = {check.name: check.error for check in after.checks if check.required and not check.ok}
+        logger.warning("health: failing %s", ", ".join(after.failing), extra={"errors": errors})
 
 
 def _lease_ms() -> int:

@@ -79,6 +79,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
     response = JsonResponse(body, status=200 if answer.ok else 503)
     if answer.report is None:
         response["Retry-After"] = "1"  # the first report is being made
+    # A 503 here is a verdict, not a failed request: callops.health logs when the
+    # verdict changes, instead of Django logging an error for every probe.
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 

@@ -378,3 +378,18 @@ def test_many_healthz_clients_with_celery_down_do_not_starve_other_requests(
         )
     finally:
         web.stop()
+
+
+@pytest.mark.django_db
+def test_a_failing_verdict_is_logged_when_it_changes_not_for_every_probe(
+    client, settings, free_tcp_port, caplog
+):
+    settings.HEALTH_CACHE_SECONDS = 0.0  # every request probes
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_tcp_port}/0"  # nothing listens there
+    with caplog.at_level("INFO"):
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 503
+    assert not [r for r in caplog.records if r.name == "django.request"]  # no "Service Unavailable" x3
+    verdicts = [r for r in caplog.records if r.name == "callops.health"]
+    assert [(r.levelname, r.getMessage()) for r in verdicts] == [("WARNING", "health: failing redis, celery")]
+    assert "Connection" in verdicts[0].errors["redis"]
