@@ -166,22 +166,24 @@ class TcpConnection(asyncio.Protocol):
         self.last_active = time.monotonic()
         layer = self.listener.layer
         assert self.remote is not None
-        try:
-            messages = self.parser.feed(data)
-        except StreamError as exc:
-            for message in exc.messages:
+        while True:  # a loop, not recursion: a segment may hold thousands of skippable bad messages
+            try:
+                messages = self.parser.feed(data)
+            except StreamError as exc:
+                for message in exc.messages:
+                    layer.message_received(message, self.listener, self.remote)
+                if layer.metrics is not None:
+                    layer.metrics.parse_error(exc.status_code)
+                layer.drop("stream_error", self.remote, None, error=str(exc)[:200], fatal=exc.fatal)
+                if exc.fatal:  # RFC 4475 §3.1.2.3: framing is lost, so is the connection
+                    if self.transport is not None:
+                        self.transport.abort()
+                    return
+                data = b""  # the bad message was skipped: go on with what is buffered
+                continue
+            for message in messages:
                 layer.message_received(message, self.listener, self.remote)
-            if layer.metrics is not None:
-                layer.metrics.parse_error(exc.status_code)
-            layer.drop("stream_error", self.remote, None, error=str(exc)[:200], fatal=exc.fatal)
-            if exc.fatal:  # RFC 4475 §3.1.2.3: framing is lost, so is the connection
-                if self.transport is not None:
-                    self.transport.abort()
-                return
-            self.data_received(b"")  # the bad message was skipped: go on with what is buffered
             return
-        for message in messages:
-            layer.message_received(message, self.listener, self.remote)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener._unregister(self)

@@ -211,3 +211,21 @@ def test_noanswer_rings_until_timer_c_then_408(sip_node):
     got = exchange(sip_node, datagrams, expect=2, timeout=6)
     assert finals(got) == ["SIP/2.0 408 Request Timeout"]  # --timer-c 3
     assert 2.9 <= time.monotonic() - started < 6
+
+
+def test_thousands_of_skippable_bad_messages_on_one_tcp_connection_then_a_good_one(sip_node):
+    # Each bad message has a readable Content-Length, so the stream skips it and goes on (framing kept).
+    bad = b"INVITE sip:x@127.0.0.1 SIP/7.0\r\nContent-Length: 0\r\n\r\n" * 5000
+    with socket.create_connection(("127.0.0.1", sip_node.port), timeout=5) as conn:
+        port = conn.getsockname()[1]
+        good = invite("busy", port, branch="z9hG4bKaftermany", call_id="after-many@test").replace(
+            "SIP/2.0/UDP", "SIP/2.0/TCP"
+        )
+        conn.sendall(bad + good.encode())
+        data = b""
+        while b"after-many@test" not in data:
+            chunk = conn.recv(65535)
+            assert chunk, "the node closed the connection"
+            data += chunk
+    assert b"SIP/2.0 486 Busy Here" in data
+    assert sip_node.metric("sip_dropped_total", reason="internal_error") == 0
