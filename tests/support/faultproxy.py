@@ -108,8 +108,8 @@ class _Connection:
                 if not data:
                     break
                 window = tail + data
+                rule = self.proxy._match(window, fresh_from=len(tail))
                 tail = window[-_KEEP:]
-                rule = self.proxy._match(window)
                 if rule is not None:
                     if rule.kind == "cut_before":
                         self.proxy._fired(rule)
@@ -216,10 +216,11 @@ class FaultProxy:
 
     # --- faults ----------------------------------------------------------------------------
 
-    def _match(self, window: bytes) -> _Rule | None:
+    def _match(self, window: bytes, fresh_from: int) -> _Rule | None:
+        """The first rule whose marker ends in the bytes just read (``window[fresh_from:]``)."""
         with self._lock:
             for rule in self._rules:
-                if rule.marker in window:
+                if window.find(rule.marker, max(0, fresh_from - len(rule.marker) + 1)) >= 0:
                     self._rules.remove(rule)
                     return rule
         return None
