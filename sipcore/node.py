@@ -25,7 +25,7 @@ from sipcore.metrics import NodeMetrics
 from sipcore.peers import PeerProber
 from sipcore.sip import Timings
 from sipcore.transport import TcpTransport, Transport, UdpTransport
-from sipcore.uas import DEFAULT_TIMER_C, UasCore
+from sipcore.uas import DEFAULT_MAX_TRANSACTIONS, DEFAULT_TIMER_C, UasCore
 
 log = logging.getLogger("sipcore.node")
 
@@ -54,6 +54,7 @@ class NodeConfig:
     dialplan_refresh: float = 10.0
     tcp_idle_timeout: float = 120.0
     tcp_max_connections: int = 1024
+    max_transactions: int = DEFAULT_MAX_TRANSACTIONS
 
 
 class Node:
@@ -80,7 +81,9 @@ class Node:
         self.layer = TransactionLayer(
             timings=config.timings, store=self.store, loop=loop, metrics=self.metrics
         )
-        self.core = UasCore(self.layer, plan, timer_c=config.timer_c)
+        self.core = UasCore(
+            self.layer, plan, timer_c=config.timer_c, max_transactions=config.max_transactions
+        )
         self.layer.attach(self.core)
         self.metrics.watch_transactions(lambda: [*self.layer.server.values(), *self.layer.client.values()])
         self.metrics.durable.set(0)

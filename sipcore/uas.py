@@ -65,6 +65,8 @@ KNOWN_METHODS = frozenset(
 MAX_DIALOGS = 100_000
 DIALOG_LIFETIME = 4 * 3600.0
 DEFAULT_TIMER_C = 180.0  # RFC 3261 §16.6: more than 3 minutes
+DEFAULT_MAX_TRANSACTIONS = 200_000  # live server and client transactions of one node
+OVERLOAD_RETRY_AFTER = 5
 
 
 def sdp_answer(session_id: int, host: str) -> bytes:
@@ -349,9 +351,17 @@ class Dialogs:
 class UasCore:
     """The transaction user of a node's server side."""
 
-    def __init__(self, layer: TransactionLayer, plan: DialPlan, *, timer_c: float = DEFAULT_TIMER_C):
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        plan: DialPlan,
+        *,
+        timer_c: float = DEFAULT_TIMER_C,
+        max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
+    ):
         self.layer = layer
         self.plan = plan
+        self.max_transactions = max_transactions
         self.timings: Timings = layer.timings
         self.timer_c = timer_c
         self.calls: dict[Transaction, Call] = {}
@@ -376,6 +386,9 @@ class UasCore:
                 return
         if refusal is None and request.method in ("BYE", "CANCEL"):
             refusal = (481, "Call/Transaction Does Not Exist", [])  # §15.1.2, §9.2
+        if refusal is None and self.layer.live() >= self.max_transactions:
+            # §21.5.4: overloaded; memory stays bounded whatever peers send.
+            refusal = (503, "Service Unavailable", [("Retry-After", str(OVERLOAD_RETRY_AFTER))])
         if refusal is not None:
             self._refuse(request, source, *refusal)
             return

@@ -90,6 +90,9 @@ class Command(BaseCommand):
             help="seconds between reloads of the SIP peers to probe with OPTIONS; 0: no probes",
         )
         parser.add_argument(
+            "--max-transactions", type=int, default=200_000, help="beyond this, new requests get 503"
+        )
+        parser.add_argument(
             "--tcp-idle-timeout", type=float, default=120.0, help="close idle TCP connections"
         )
         parser.add_argument(
@@ -132,6 +135,7 @@ class Command(BaseCommand):
             dialplan_refresh=options["dialplan_refresh"],
             tcp_idle_timeout=options["tcp_idle_timeout"],
             tcp_max_connections=options["tcp_max_connections"],
+            max_transactions=options["max_transactions"],
             redis_url=settings.REDIS_URL or None,
         )
         refresh = options["peers_refresh"]
@@ -164,6 +168,8 @@ class Command(BaseCommand):
                 str(options["tcp_idle_timeout"]),
                 "--tcp-max-connections",
                 str(options["tcp_max_connections"]),
+                "--max-transactions",
+                str(options["max_transactions"]),
                 "--peers-refresh",  # one prober is enough
                 str(options["peers_refresh"] if index == 0 else 0),
                 "--metrics",

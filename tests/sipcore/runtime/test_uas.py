@@ -229,3 +229,22 @@ def test_thousands_of_skippable_bad_messages_on_one_tcp_connection_then_a_good_o
             data += chunk
     assert b"SIP/2.0 486 Busy Here" in data
     assert sip_node.metric("sip_dropped_total", reason="internal_error") == 0
+
+
+def test_beyond_max_transactions_new_requests_get_503_with_retry_after(node_env, tmp_path):
+    from tests.sipcore.runtime.support import start_node
+
+    node = start_node(node_env, tmp_path, "--max-transactions", "3", "--metrics", "off")
+    try:
+
+        def datagrams(port):
+            for index in range(4):  # each rings (noanswer) and stays
+                yield invite("noanswer", port, branch=f"z9hG4bKcap{index}", call_id=f"cap{index}@test")
+
+        got = exchange(node, datagrams, expect=4, timeout=2)
+        assert sorted(r.split("\r\n", 1)[0] for r in got) == ["SIP/2.0 180 Ringing"] * 3 + [
+            "SIP/2.0 503 Service Unavailable"
+        ]
+        assert any("\r\nRetry-After: 5\r\n" in r for r in got)
+    finally:
+        node.process.stop()
