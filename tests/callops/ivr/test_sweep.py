@@ -140,3 +140,33 @@ def test_stale_sessions_are_found_past_many_live_ones(jobs):
         assert stale_session_ids(timezone.now(), limit=10, batch=2) == [gone.pk]
     finally:
         get_redis().delete(*[state_key(session.call_sid) for session in live])
+
+
+@pytest.mark.django_db
+def test_the_sweep_does_not_close_a_call_that_started_again_after_it_read_the_key_absent(jobs, client):
+    """The sweep reads the key absent, then a gather starts the call afresh and commits
+    before the sweep's transaction (its copy not yet in Redis): the audit trail, read
+    under the session's lock, shows a live state, so the call is left open."""
+    from callops.ivr.service import Webhook, WebhookRequest, answer_call, handle_gather
+
+    call = TwilioCall(client)
+    long_ago = timezone.now() - timedelta(minutes=20)
+
+    def at(when, handle, **params):
+        request = WebhookRequest(
+            Webhook.GATHER, {**call.base, **params}, f"t-{when}-{params}", received_at=when
+        )
+        return handle(request)
+
+    at(long_ago, answer_call)
+    at(long_ago, handle_gather, Digits="1001")
+    get_redis().delete(state_key(call.call_sid))  # expired 15 minutes ago
+    answer = at(timezone.now(), handle_gather, Digits="501")  # the caller is back: a fresh start...
+    assert "Su sesión anterior terminó" in answer.twiml
+    get_redis().delete(state_key(call.call_sid))  # ...whose copy the sweep's read did not see yet
+    session = CallSession.objects.get(call_sid=call.call_sid)
+    assert expire_session(session.pk) is None
+    session.refresh_from_db()
+    assert session.ended_at is None
+    rows = CallStateSnapshot.objects.filter(call_sid=call.call_sid).order_by("sequence")
+    assert [row.event["kind"] for row in rows] == ["call_started", "input", "fresh_start"]
