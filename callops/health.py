@@ -282,40 +282,38 @@ def run_health_checks(redis_error: BaseException | None = None) -> HealthReport:
     """Probe every part now. ``redis_error``: Redis already failed this request; don't wait on it twice."""
     checked_at = time.time()
     database = _timed("database", True, _check_database)
-    if not settings.REDIS_URL or redis_error is not None:
-        missing = "REDIS_URL is not set" if not settings.REDIS_URL else _describe(redis_error)  # type: ignore[arg-type]
-        unreachable = "broker (Redis) unreachable" if settings.REDIS_URL else missing
-        return HealthReport(
-            (
-                database,
-                CheckResult("redis", False, True, error=missing),
-                CheckResult("celery", False, True, error=unreachable),
-                CheckResult("sip", False, False, error=unreachable),
-            ),
-            checked_at,
-        )
+    if not settings.REDIS_URL:
+        return _without_redis(database, "REDIS_URL is not set", checked_at)
+    if redis_error is not None:
+        return _without_redis(database, _describe(redis_error), checked_at)
     client = health_redis()
     started = time.perf_counter()
     try:
         facts = _read_redis(client)
     except Exception as exc:
-        # The broker is Redis: Celery and the SIP nodes can't be known either.
-        unreachable = "broker (Redis) unreachable"
-        return HealthReport(
-            (
-                database,
-                CheckResult("redis", False, True, error=_describe(exc), latency_ms=_ms(started)),
-                CheckResult("celery", False, True, error=unreachable),
-                CheckResult("sip", False, False, error=unreachable),
-            ),
-            checked_at,
-        )
-    redis_check = CheckResult(
-        "redis", True, True, detail={"server_version": facts.version}, latency_ms=_ms(started)
-    )
+        return _without_redis(database, _describe(exc), checked_at, latency_ms=_ms(started))
+    version = {"server_version": facts.version}
+    redis_check = CheckResult("redis", True, True, detail=version, latency_ms=_ms(started))
     celery_check = _check_celery(facts)
     sip_check = _timed("sip", False, lambda: {"nodes": [node.get("node_id") for node in live_nodes(client)]})
     return HealthReport((database, redis_check, celery_check, sip_check), checked_at)
+
+
+def _without_redis(
+    database: CheckResult, error: str, checked_at: float, latency_ms: float = 0.0
+) -> HealthReport:
+    # The broker is Redis, and the workers and SIP nodes beat into it: without it
+    # neither can be known, and waiting on a ping could only hang in reconnects.
+    unreachable = "broker (Redis) unreachable" if settings.REDIS_URL else error
+    return HealthReport(
+        (
+            database,
+            CheckResult("redis", False, True, error=error, latency_ms=latency_ms),
+            CheckResult("celery", False, True, error=unreachable),
+            CheckResult("sip", False, False, error=unreachable),
+        ),
+        checked_at,
+    )
 
 
 # --- the cache: one refresh at a time, everyone else answered at once --------------------------
