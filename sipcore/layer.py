@@ -48,6 +48,7 @@ from sipcore.sip import (
     TransactionKey,
     TransactionMismatchError,
     TransportInfo,
+    Via,
     parse_message,
 )
 
@@ -305,6 +306,8 @@ class TransactionLayer:
             tx.receive(request, now)  # a retransmission, or the ACK of a non-2xx final (§17.2.1)
             self._touch(tx)
             return
+        if source.transport.protocol == "UDP":
+            stamp_via(request, source.remote)
         core = self.core
         assert core is not None, "attach() a transaction user first"
         if request.method == "ACK":
@@ -610,6 +613,42 @@ class TransactionLayer:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def stamp_via(request: Request, remote: Address) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581 §4: note on the top Via where the request came from.
+
+    ``received`` when the sent-by host is not the source address; ``rport``'s
+    value when the client asked for it. The response copies the Via, so the
+    client sees both, and responses go where RFC 3581 says. Nothing to do for
+    the common case of a client that sent from the address it wrote.
+    """
+    via = request.top_via
+    if via is None:
+        return
+    host = via.host.strip("[]")
+    wants_rport = via.rport is True
+    if host == remote[0] and not wants_rport:
+        return
+    params = [(name, value) for name, value in via.params if name not in ("received", "rport")]
+    params.append(("received", remote[0]))
+    if via.rport is not None:
+        params.append(("rport", str(remote[1])))
+    port = f":{via.port}" if via.port is not None else ""
+    top = f"{via.protocol_name}/{via.protocol_version}/{via.transport} {via.host}{port}" + "".join(
+        f";{name}" if value is None else f";{name}={value}" for name, value in params
+    )
+    others = [_via_text(other) for other in request.via[1:]]
+    try:
+        request.headers.set("Via", ", ".join([top, *others]))
+    except ParseError:
+        return  # a Via that parsed as written but not as rebuilt: answer it unstamped
+
+
+def _via_text(via: Via) -> str:
+    port = f":{via.port}" if via.port is not None else ""
+    params = "".join(f";{name}" if value is None else f";{name}={value}" for name, value in via.params)
+    return f"{via.protocol_name}/{via.protocol_version}/{via.transport} {via.host}{port}{params}"
 
 
 def _cseq_method(message: Request | Response) -> str:

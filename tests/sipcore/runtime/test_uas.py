@@ -248,3 +248,25 @@ def test_beyond_max_transactions_new_requests_get_503_with_retry_after(node_env,
         assert any("\r\nRetry-After: 5\r\n" in r for r in got)
     finally:
         node.process.stop()
+
+
+def test_via_gets_received_and_the_rport_value_and_the_answer_goes_to_the_source(sip_node):
+    # RFC 3261 §18.2.1 and RFC 3581 §4: the client wrote an address it is not at, and asked for rport.
+    def datagrams(port):
+        yield invite("busy", port, branch="z9hG4bKrport", call_id="rport@test").replace(
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKrport",
+            "Via: SIP/2.0/UDP 192.0.2.9:5099;branch=z9hG4bKrport;rport",
+        )
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(3)
+        port = sock.getsockname()[1]
+        for datagram in datagrams(port):
+            sock.sendto(datagram.encode(), ("127.0.0.1", sip_node.port))
+        answer = sock.recv(65535).decode()
+    assert answer.startswith("SIP/2.0 486")
+    assert (
+        f"\r\nVia: SIP/2.0/UDP 192.0.2.9:5099;branch=z9hG4bKrport;received=127.0.0.1;rport={port}\r\n"
+        in answer
+    )
