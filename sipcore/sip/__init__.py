@@ -7,6 +7,7 @@ from sipcore.sip.builders import make_ack, make_cancel, make_response, new_branc
 from sipcore.sip.errors import (
     InvalidSnapshotError,
     InvalidTransitionError,
+    LimitError,
     ParseError,
     TransactionMismatchError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidTransitionError",
     "InviteClientTransaction",
     "InviteServerTransaction",
+    "LimitError",
     "MediaType",
     "Message",
     "NameAddress",

@@ -22,6 +22,13 @@ class ParseError(ValueError):
         self.status_code = status_code
 
 
+class LimitError(ParseError):
+    """A message past one of the parser's limits (:class:`sipcore.sip.limits.ParserLimits`).
+
+    Raised before the work the limit bounds; the message names the limit.
+    """
+
+
 class InvalidSnapshotError(ValueError):
     """A transaction snapshot that cannot be restored; the message names the problem."""
 

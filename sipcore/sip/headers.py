@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple, TypeGuard
 
-from sipcore.sip.errors import ParseError
+from sipcore.sip.errors import LimitError, ParseError
 from sipcore.sip.grammar import (
     CALL_ID_RE,
     COMMA_RE,
@@ -131,7 +131,7 @@ def check_param_count(params: str, header: str, limits: ParserLimits) -> None:
     the parameters split to count them.
     """
     if params.count(";") > limits.max_params and (count := len(split_params(params))) > limits.max_params:
-        raise ParseError(f"{header}: {count} parameters exceed max_params {limits.max_params}")
+        raise LimitError(f"{header}: {count} parameters exceed max_params {limits.max_params}")
 
 
 def _is_small_number(text: str | None) -> TypeGuard[str]:
@@ -240,8 +240,8 @@ class MediaType(NamedTuple):
 # work (check_param_values) on it.
 
 
-def list_entries_error(header: str, limits: ParserLimits) -> ParseError:
-    return ParseError(f"{header}: more than max_list_entries {limits.max_list_entries} entries")
+def list_entries_error(header: str, limits: ParserLimits) -> LimitError:
+    return LimitError(f"{header}: more than max_list_entries {limits.max_list_entries} entries")
 
 
 def _match_list(value: str, match_item: Callable[[str, int], re.Match[str] | None], header: str,
@@ -372,6 +372,12 @@ def check_contact(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> list[re.
 _check_contacts = _check_addresses("Contact")
 
 
+def _fast_contact(value: str) -> re.Match[str] | None:
+    """The parser's shortcut for a plain Contact without an expires parameter."""
+    m = FAST_NAME_ADDR_RE.fullmatch(value)
+    return m if m is not None and (not m[4] or "expires" not in m[4].lower()) else None
+
+
 def check_call_id(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> re.Match[str]:
     m = CALL_ID_RE.fullmatch(value)
     if m is None:
@@ -492,7 +498,7 @@ HEADER_RULES: Final[dict[str, HeaderRule]] = {
     "max-forwards": HeaderRule(_check_bounded_int("Max-Forwards", 255), _same, False, _BYTE_NUMBERS.get),
     "content-length": HeaderRule(check_content_length, _same, False, _SMALL_NUMBERS.get),
     "content-type": HeaderRule(check_content_type, build_content_type, False, FAST_MEDIA_TYPE_RE.fullmatch),
-    "contact": HeaderRule(check_contact, build_addresses, True),
+    "contact": HeaderRule(check_contact, build_addresses, True, _fast_contact),
     "route": HeaderRule(_check_addresses("Route"), build_addresses, True, FAST_NAME_ADDR_RE.fullmatch),
     "record-route": HeaderRule(
         _check_addresses("Record-Route"), build_addresses, True, FAST_NAME_ADDR_RE.fullmatch

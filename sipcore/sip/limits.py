@@ -9,8 +9,8 @@ the per-item work starts. With the defaults, parsing one 64 KB datagram and
 reading every typed value costs at most a few milliseconds of CPU
 (``bench/parser.py`` prints the worst case it finds).
 
-Going past a limit is a :class:`~sipcore.sip.errors.ParseError` naming the limit,
-with the status a server answers:
+Going past a limit is a :class:`~sipcore.sip.errors.LimitError` (a ``ParseError``)
+naming the limit, with the status a server answers:
 
 * 513 Message Too Large (RFC 3261 §21.5.14) for sizes: the datagram, a stream's
   header section, one header field, a URI in a header field;

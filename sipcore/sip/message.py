@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
-from sipcore.sip.errors import ParseError
+from sipcore.sip.errors import LimitError, ParseError
 from sipcore.sip.grammar import TOKEN_RE
 from sipcore.sip.headers import (
     COMPACT_FORMS,
@@ -517,28 +517,29 @@ class _FoldedLines(Exception):
 
 def _parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> Request | Response:
     """Parse a header section (start line and header lines joined by CRLF, no empty line)."""
-    # The limits counted on the raw bytes, before any per-line work (sipcore.sip.limits).
-    lines = head.count(b"\n")  # each CRLF; a bare LF, refused anyway, counts too
-    if lines > limits.max_header_lines:
-        raise ParseError(f"{lines} header lines exceed max_header_lines {limits.max_header_lines}")
-    semicolons = head.count(b";")
-    if semicolons > limits.max_message_params:
-        raise ParseError(
-            f"{semicolons} parameters (counted by ';') exceed max_message_params {limits.max_message_params}"
-        )
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         text = head.decode("utf-8", "surrogateescape")  # kept byte for byte, and written back so
+    # The limits are counted on the whole text (str.count, len), before any per-item
+    # work (sipcore.sip.limits).
+    semicolons = text.count(";")
+    if semicolons > limits.max_message_params:
+        raise LimitError(
+            f"{semicolons} parameters (counted by ';') exceed max_message_params {limits.max_message_params}"
+        )
     # Few enough ";" that no entry or URI can hold more than max_params parameters:
     # the fast matchers, which do not count them, are safe.
     many_params = semicolons > limits.max_params
     # Folding is rare, so it is looked for only when the first pass meets a
-    # continuation line or fails.
+    # continuation line or fails (not for a limit: unfolding only joins lines, it
+    # never brings a message back within one; header lines are counted as received).
     try:
         return _parse_lines(text, limits, many_params)
     except _FoldedLines:
         pass
+    except LimitError:
+        raise
     except ParseError:
         if "\r\n " not in text and "\r\n\t" not in text:
             raise
@@ -584,6 +585,8 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
     # A bare CR or LF cannot hide in what the grammar checks (start line, header
     # names, known headers' values); unknown headers' values are searched below.
     lines = text.split("\r\n")
+    if len(lines) > limits.max_header_lines + 1:  # the first pass counts continuation lines too
+        raise LimitError(f"{len(lines) - 1} header lines exceed max_header_lines {limits.max_header_lines}")
     # Lines long enough to hold a URI past the limit: the fast matchers are not safe.
     careful = many_params
     if len(text) > limits.max_uri_length or len(text) > limits.max_header_length:
@@ -606,7 +609,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
     if longest > limits.max_header_length:
         at, line = next((at, line) for at, line in enumerate(lines) if len(line) > limits.max_header_length)
         what = "the start line" if at == 0 else f"header {line.partition(':')[0][:40].strip()!r}"
-        raise ParseError(
+        raise LimitError(
             f"{what} of {len(line)} characters exceeds max_header_length {limits.max_header_length}", 513
         )
 
@@ -640,7 +643,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
             seed = check(value, limits) if seed is None else [seed]
             entries_left -= len(seed)
             if entries_left < 0:
-                raise ParseError(
+                raise LimitError(
                     f"list headers hold more than max_message_entries {limits.max_message_entries} entries"
                 )
             previous = seeds.get(key)
@@ -727,7 +730,7 @@ def parse_message(
     if max_size is None:
         max_size = limits.max_datagram_size
     if len(data) > max_size:
-        raise ParseError(f"message of {len(data)} bytes exceeds max_datagram_size {max_size}", 513)
+        raise LimitError(f"message of {len(data)} bytes exceeds max_datagram_size {max_size}", 513)
     start = 0
     while data.startswith(b"\r\n", start):  # RFC 3261 §7.5: CRLFs before the start line
         start += 2

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-from sipcore.sip.errors import ParseError
+from sipcore.sip.errors import LimitError, ParseError
 from sipcore.sip.grammar import HOST, IPV6_ADDRESS, PORT, URI_SCHEME
 from sipcore.sip.limits import DEFAULT_LIMITS, ParserLimits
 
@@ -156,7 +156,7 @@ def check_host(host: str, context: str) -> None:
 def check_uri_length(text: str, context: str, limits: ParserLimits, status_code: int = 513) -> None:
     """Refuse a URI longer than ``limits.max_uri_length`` (513; 414 for a Request-URI)."""
     if len(text) > limits.max_uri_length:
-        raise ParseError(
+        raise LimitError(
             f"{context}: URI of {len(text)} characters exceeds max_uri_length {limits.max_uri_length}",
             status_code,
         )
@@ -179,7 +179,7 @@ def uri_param_count(text: str) -> int:
 def check_uri_params(text: str, context: str, limits: ParserLimits) -> None:
     """Refuse a URI with more than ``limits.max_params`` parameters (400)."""
     if text.count(";") > limits.max_params and (count := uri_param_count(text)) > limits.max_params:
-        raise ParseError(f"{context}: {count} URI parameters exceed max_params {limits.max_params}")
+        raise LimitError(f"{context}: {count} URI parameters exceed max_params {limits.max_params}")
 
 
 def validate_sip_uri(text: str, context: str) -> re.Match[str]:
