@@ -14,9 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from sipcore.sip import ParseError, ParserLimits, StreamParser, parse_message
+from sipcore.sip import Headers, LimitError, ParseError, ParserLimits, StreamParser, parse_message, parse_uri
 from sipcore.sip.limits import DEFAULT_LIMITS
 from sipcore.sip.stream import StreamError
+from tests.sipcore.sip.adversarial import LIFTED
 
 BASE = [
     "Via: SIP/2.0/UDP pc33.example.com;branch=z9hG4bK776",
@@ -181,6 +182,7 @@ def test_a_limit_reached_is_accepted_and_one_past_it_refused(row):
     with pytest.raises(ParseError) as caught:
         parse_message(build(limit + 1))
     assert caught.value.status_code == status
+    assert isinstance(caught.value, LimitError)
     assert field in str(caught.value)
 
 
@@ -258,3 +260,35 @@ def test_the_default_limits_are_what_the_module_documents():
         DEFAULT_LIMITS.max_message_params,
         DEFAULT_LIMITS.max_uri_length,
     ) == (65_535, 32 * 1024, 256, 8 * 1024, 128, 256, 64, 1024, 4096)
+
+
+# --- outside a parse: a URI parsed on its own, headers added one by one ---------
+
+
+def test_parse_uri_on_its_own_is_bounded_by_the_default_limits():
+    parse_uri("sip:" + "u" * (4096 - len("sip:@example.com")) + "@example.com")
+    with pytest.raises(LimitError, match="max_uri_length") as caught:
+        parse_uri("sip:" + "u" * (4097 - len("sip:@example.com")) + "@example.com")
+    assert caught.value.status_code == 513
+    parse_uri("sip:a;b;c@example.com" + ";p" * 64)  # the user part's ";"s are no parameters
+    with pytest.raises(LimitError, match="max_params"):
+        parse_uri("sip:a@example.com" + ";p" * 65)
+    with pytest.raises(LimitError, match="max_params"):
+        parse_uri("tel:+1234" + ";p" * 65)
+    assert len(parse_uri("sip:a@example.com" + ";p" * 65, limits=LIFTED).params) == 65
+
+
+def test_headers_added_one_by_one_keep_the_list_limit():
+    headers = Headers()
+    for _ in range(DEFAULT_LIMITS.max_list_entries // 2):
+        headers.add("Route", "<sip:a;lr>, <sip:b;lr>")
+    with pytest.raises(LimitError, match="max_list_entries"):
+        headers.add("Route", "<sip:c;lr>")
+    assert len(headers.get_all("Route")) == DEFAULT_LIMITS.max_list_entries // 2
+
+
+def test_a_limit_error_is_final_even_when_the_message_is_folded():
+    """Header lines are counted as received: unfolding them must not bring a message back."""
+    data = folded_header_lines(DEFAULT_LIMITS.max_header_lines + 1)
+    with pytest.raises(LimitError, match="max_header_lines"):
+        parse_message(data)
