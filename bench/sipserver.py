@@ -285,6 +285,9 @@ class _Sink:
     def info_for(self, remote: tuple[str, int]):  # type: ignore[no-untyped-def]
         return self._info
 
+    def connected(self, remote: tuple[str, int]) -> bool:
+        return True
+
     def send(self, data: bytes, destination: tuple[str, int], on_error: object = None) -> None:
         self.sent += 1
 

@@ -51,6 +51,7 @@ from sipcore.sip import (
     Via,
     parse_message,
 )
+from sipcore.sip.keys import default_port
 
 if TYPE_CHECKING:
     from sipcore.metrics import NodeMetrics
@@ -542,7 +543,10 @@ class TransactionLayer:
                 if transport is None:
                     self.drop("no_transport", out.destination, out.message)
                     continue
-                self._send(transport, out.message, out.destination, tx)
+                destination = out.destination
+                if tx.ROLE == "server" and tx.transport.reliable and not transport.connected(destination):
+                    destination = reconnect_address(tx.request, destination)
+                self._send(transport, out.message, destination, tx)
 
     def _fenced(self, tx: Transaction) -> None:
         """The store says another node owns ``tx``: forget it, send nothing more for it."""
@@ -613,6 +617,16 @@ class TransactionLayer:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def reconnect_address(request: Request, closed: Address) -> Address:
+    """RFC 3261 §18.2.2: the request's connection is gone; open one to received (or the
+    sent-by host) and the sent-by port."""
+    via = request.top_via
+    if via is None:
+        return closed
+    port = via.port if via.port is not None else default_port(via.transport)
+    return ((via.received or via.host).strip("[]"), port)
 
 
 def stamp_via(request: Request, remote: Address) -> None:

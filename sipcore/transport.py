@@ -39,6 +39,9 @@ class Transport(Protocol):
 
     def info_for(self, remote: Address) -> TransportInfo: ...
 
+    def connected(self, remote: Address) -> bool:
+        """Whether a connection to ``remote`` is open (always, for a datagram transport)."""
+
     def send(self, data: bytes, destination: Address, on_error: ErrorCallback = None) -> None: ...
 
     def close(self) -> None: ...
@@ -132,6 +135,9 @@ class UdpTransport(asyncio.DatagramProtocol):
                 self._infos.clear()
             info = self._infos[remote] = TransportInfo("UDP", False, self.local, remote)
         return info
+
+    def connected(self, remote: Address) -> bool:
+        return True
 
     def send(self, data: bytes, destination: Address, on_error: ErrorCallback = None) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -257,6 +263,9 @@ class TcpTransport:
     def _unregister(self, connection: TcpConnection) -> None:
         if connection.remote is not None and self.connections.get(connection.remote) is connection:
             del self.connections[connection.remote]
+
+    def connected(self, remote: Address) -> bool:
+        return remote in self.connections
 
     def send(self, data: bytes, destination: Address, on_error: ErrorCallback = None) -> None:
         connection = self.connections.get(destination)

@@ -270,3 +270,27 @@ def test_via_gets_received_and_the_rport_value_and_the_answer_goes_to_the_source
         f"\r\nVia: SIP/2.0/UDP 192.0.2.9:5099;branch=z9hG4bKrport;received=127.0.0.1;rport={port}\r\n"
         in answer
     )
+
+
+def test_tcp_answer_after_the_connection_closed_goes_to_a_new_connection_to_sent_by(sip_node):
+    # RFC 3261 §18.2.2: the 408 of Timer C (3 s) finds the request's connection closed and opens one
+    # to the Via's sent-by, where this test listens.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(8)
+        sent_by = listener.getsockname()[1]
+        message = invite("noanswer", sent_by, branch="z9hG4bKreconnect", call_id="reconnect@test")
+        with socket.create_connection(("127.0.0.1", sip_node.port), timeout=5) as conn:
+            conn.sendall(message.replace("SIP/2.0/UDP", "SIP/2.0/TCP").encode())
+            data = b""
+            while b"180 Ringing" not in data:
+                data += conn.recv(65535)
+        accepted, _ = listener.accept()
+        with accepted:
+            accepted.settimeout(5)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += accepted.recv(65535)
+    assert answer.startswith(b"SIP/2.0 408 Request Timeout\r\n")
+    assert b"reconnect@test" in answer
