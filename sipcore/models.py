@@ -122,6 +122,14 @@ class SipPeer(models.Model):
         return f"{self.name} ({self.uri}): {self.status}"
 
     @classmethod
+    def summary(cls) -> dict[str, dict[str, object]]:
+        """Each enabled peer's last probe, by name: what a health check shows."""
+        return {
+            peer.name: {"status": peer.status, "code": peer.last_status_code, "rtt_ms": peer.last_rtt_ms}
+            for peer in cls.objects.filter(enabled=True)
+        }
+
+    @classmethod
     def load_probes(cls) -> list[Peer]:
         return [Peer(p.pk, p.name, p.uri, p.interval) for p in cls.objects.filter(enabled=True)]
 
