@@ -307,13 +307,13 @@ class TransactionLayer:
             tx.receive(request, now)  # a retransmission, or the ACK of a non-2xx final (§17.2.1)
             self._touch(tx)
             return
-        if source.transport.protocol == "UDP":
-            stamp_via(request, source.remote)
         core = self.core
         assert core is not None, "attach() a transaction user first"
         if request.method == "ACK":
             core.ack_received(request, source, now)
             return
+        if source.transport.protocol == "UDP":
+            stamp_via(request, source.remote)
         if not self.accepting:
             self.drop("draining", source.remote, request)
             return
