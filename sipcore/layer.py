@@ -24,10 +24,12 @@ Data flows one way (DESIGN.md, "The SIP node")::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import inspect
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -714,7 +716,7 @@ def stateless_error_response(data: bytes, error: ParseError) -> bytes | None:
             copied.setdefault(canonical, []).append(value)
     if len(copied) < 5:
         return None
-    from sipcore.sip.builders import REASON_PHRASES, new_tag
+    from sipcore.sip.builders import REASON_PHRASES
 
     code = error.status_code
     out = [f"SIP/2.0 {code} {REASON_PHRASES.get(code, 'Bad Request')}".encode()]
@@ -723,12 +725,24 @@ def stateless_error_response(data: bytes, error: ParseError) -> bytes | None:
         for value in values:
             tagged = value
             if canonical == b"To" and b";tag=" not in value.lower():
-                tagged = value + b";tag=" + new_tag().encode()
+                tag = stateless_tag(
+                    copied[b"Via"][0], copied[b"Call-ID"][0], copied[b"From"][0], copied[b"CSeq"][0]
+                )
+                tagged = value + b";tag=" + tag.encode()
             out.append(canonical + b": " + tagged)
     reason = str(error).replace("\r", " ").replace("\n", " ")[:120]
     out.append(b"Warning: 399 callops " + _quoted(reason))
     out.append(b"Content-Length: 0")
     return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def stateless_tag(*parts: object) -> str:
+    """A To tag derived from what identifies a request: the same for each retransmission of it."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8", "surrogateescape"), digest_size=8, key=_TAG_KEY)
+    return digest.hexdigest()
+
+
+_TAG_KEY = secrets.token_bytes(16)  # per process: tags are not guessable across nodes
 
 
 def _quoted(text: str) -> bytes:

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import ClassVar
 
 from sipcore.dialplan import FALLBACK_RULE, DialPlan, Rule
-from sipcore.layer import Source, TransactionLayer
+from sipcore.layer import Source, TransactionLayer, stateless_tag
 from sipcore.sip import (
     AbsoluteUri,
     NonInviteServerTransaction,
@@ -472,7 +472,10 @@ class UasCore:
     def _refuse(
         self, request: Request, source: Source, status: int, reason: str, headers: list[tuple[str, str]]
     ) -> None:
-        response = make_response(request, status, reason, headers=headers)
+        # §8.2.6.2: every response to a request carries the same To tag; without state, that
+        # means one derived from the request, so its retransmissions get the same answer.
+        tag = stateless_tag(request.branch, request.call_id, request.from_tag, request.cseq)
+        response = make_response(request, status, reason, headers=headers, to_tag=tag)
         self.layer.refused(status, reason, request, source.remote)
         destination = response_destination(request, source)
         self.layer.send_stateless(response, source.transport, destination)

@@ -294,3 +294,25 @@ def test_tcp_answer_after_the_connection_closed_goes_to_a_new_connection_to_sent
                 answer += accepted.recv(65535)
     assert answer.startswith(b"SIP/2.0 408 Request Timeout\r\n")
     assert b"reconnect@test" in answer
+
+
+def test_stateless_answers_to_a_retransmitted_request_carry_the_same_to_tag(sip_node):
+    # §8.2.6.2: the same tag on every response to a request, though no transaction remembers it.
+    refused = invite("alice", 0, branch="z9hG4bKsametag", call_id="same-tag@test").replace(
+        "Content-Length: 0", "Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    unparseable = refused.replace("SIP/2.0\r\n", "SIP/7.0\r\n", 1)  # 505
+
+    def datagrams(port):
+        for message in (refused, refused, unparseable, unparseable):
+            yield message.replace("127.0.0.1:0", f"127.0.0.1:{port}")
+
+    got = exchange(sip_node, datagrams, expect=4)
+    assert [r.split("\r\n", 1)[0] for r in got] == ["SIP/2.0 415 Unsupported Media Type"] * 2 + [
+        "SIP/2.0 505 Version Not Supported"
+    ] * 2
+    tags = [next(line for line in r.split("\r\n") if line.startswith("To:")) for r in got]
+    assert tags[0] == tags[1]
+    assert tags[2] == tags[3]
+    assert ";tag=" in tags[0]
+    assert ";tag=" in tags[2]
