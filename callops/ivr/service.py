@@ -26,8 +26,9 @@ Every answer follows the same path:
    never replaces a newer version). If that write fails or its reply is lost,
    the change happened all the same: the caller hears its answer, and the next
    read repairs the copy (2), so a retry is answered from the audit row, never
-   applied again. A call closed meanwhile removes the copy after its commit;
-   the writer checks for that after its write and removes its own copy.
+   applied again. Closing a call marks it closed in Redis (and deletes the copy)
+   after its commit, atomically; a copy written after that is refused, so a call
+   that ended never looks live again.
 5. Redis or the database unreachable before the commit: the caller hears a short
    apology (and is put through to the fallback number when there is one); no
    change was made. Never a 500. Bad data the database refuses is logged as the
@@ -549,11 +550,6 @@ def _write_back(request: WebhookRequest, committed: _Committed) -> WebhookAnswer
             computed_from=committed.computed_from,
             replay=_replay(request, committed.answer),
         )
-        # A close that committed after our commit deleted the copy after its own commit;
-        # if our write landed after that delete, the call must not look live: each side
-        # writes its own store first and then checks the other's, so one of them sees it.
-        if CallSession.objects.filter(call_sid=call_sid, ended_at__isnull=False).exists():
-            store.compare_and_delete(call_sid, expected=str(committed.version))
     except redis.RedisError as exc:
         metrics.REDIS_BEHIND.inc()
         logger.error(
@@ -589,13 +585,20 @@ ANSWERED = "answered"  # the audit event's record of the request's token digest 
 MAX_REPLAYS_RESTORED = 50
 
 
+_LATEST_SEQUENCE_SQL = "SELECT MAX({sequence}) FROM {table} WHERE {call_sid} = %s"
+
+
 def _latest_sequence(call_sid: str) -> int | None:
-    return (
-        CallStateSnapshot.objects.filter(call_sid=call_sid)
-        .order_by("-sequence")
-        .values_list("sequence", flat=True)
-        .first()
+    """The latest audit row's number. On every webhook, so plain SQL (an index look-up on
+    the unique (call, sequence) pair), without the ORM's cost of building the query."""
+    quote = connection.ops.quote_name
+    sql = _LATEST_SEQUENCE_SQL.format(
+        sequence=quote("sequence"), table=quote(CallStateSnapshot._meta.db_table), call_sid=quote("call_sid")
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [call_sid])
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def _latest_row(call_sid: str) -> CallStateSnapshot | None:
@@ -909,10 +912,10 @@ def _close_call(
     and started the call again has a fresh row). Returns the outcome, or None if the
     call was ended already (or is live). Safe to run twice.
 
-    A webhook may copy its committed change to Redis after our delete; it checks for
-    the close after its write and removes its copy (see ``_write_back``). With Redis
-    down the call is still closed; the leftover copy expires, and a read before that
-    finds it behind the audit trail and removes it.
+    A webhook that committed before us may copy its change to Redis after our delete;
+    the closed marker set with the delete makes that write a no-op. With Redis down
+    the call is still closed; the leftover copy expires, and a read before that finds
+    it behind the audit trail and removes it.
     """
     store = get_store()
     for attempt in range(MAX_WRITE_ATTEMPTS):
@@ -957,7 +960,7 @@ def _close_call(
             time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             continue
         try:
-            store.delete(call_sid)
+            store.close(call_sid)
         except redis.RedisError as exc:
             logger.warning(
                 "closed call %s without Redis (%r): its state will expire by itself",

@@ -45,6 +45,9 @@ TTL_BY_STAGE: dict[Stage, int] = {
     Stage.EXECUTE_ACTION: 1800,
 }
 DEFAULT_TTL = 3600
+# How long a closed call's marker outlives the close: longer than any webhook of it can
+# still be under way (a state's longest TTL).
+CLOSED_TTL = DEFAULT_TTL
 
 
 def ttl_for(stage: Stage) -> int:
@@ -63,6 +66,11 @@ def replay_key(call_sid: str, token: str) -> str:
 
     The token is Twilio's opaque string; hashed, it is a safe, bounded key part."""
     return replay_key_for_digest(call_sid, token_digest(token))
+
+
+def closed_key(call_sid: str) -> str:
+    """``{call_state:CA…}:closed``: set when the call is closed; no copy is written after it."""
+    return f"{{{state_key(call_sid)}}}:closed"
 
 
 def token_digest(token: str) -> str:
@@ -111,14 +119,16 @@ return {'ok', found}
 
 # The copy of a change the database has committed (see callops.ivr.service: the audit
 # row is the commit point). The replay is always remembered; the state replaces what is
-# stored unless that is already newer: a number above ``version`` that is not the one
-# this change was computed from. Absent and corrupt values are replaced.
-# KEYS[1] the state; KEYS[2] (optional) the replay key.
+# stored unless the call was closed meanwhile, or what is stored is already newer: a
+# number above ``version`` that is not the one this change was computed from. Absent
+# and corrupt values are replaced.
+# KEYS[1] the state, KEYS[2] its closed marker, KEYS[3] (optional) the replay key.
 # ARGV: version, guard the change was computed from, value, TTL, [response, its TTL].
 WRITE_COMMITTED_SCRIPT = (
     _GUARD_LUA
     + """
-if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6]) end
+if #KEYS > 2 then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'closed', ''} end
 local found = guard_of(redis.call('GET', KEYS[1]))
 if found ~= ARGV[2] and found ~= 'absent' and found ~= 'corrupt'
    and tonumber(found) >= tonumber(ARGV[1]) then
@@ -131,18 +141,28 @@ return {'ok', found}
 
 # Repair from the audit trail: the state as its latest row recorded it, if the stored
 # guard is still the one the repair read, with the answers of the rows Redis missed.
-# KEYS[1] the state, KEYS[2..] replay keys; ARGV: expected guard, value, TTL, replay TTL,
-# then one response per replay key.
+# KEYS[1] the state, KEYS[2] its closed marker, KEYS[3..] replay keys; ARGV: expected
+# guard, value, TTL, replay TTL, then one response per replay key.
 RESTORE_SCRIPT = (
     _GUARD_LUA
     + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'closed', ''} end
 local found = guard_of(redis.call('GET', KEYS[1]))
 if found ~= ARGV[1] then return {'conflict', found} end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ARGV[4]) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[4]) end
 return {'ok', found}
 """
 )
+
+# Closing a call (after its final audit row is committed): mark it closed, so that a
+# webhook copying its own earlier commit afterwards writes nothing, and delete the copy.
+# Each side acts atomically in Redis, so whichever comes second sees the other.
+# KEYS[1] the state, KEYS[2] its closed marker; ARGV: the marker's TTL.
+CLOSE_SCRIPT = """
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return redis.call('DEL', KEYS[1])
+"""
 
 CAS_DELETE_SCRIPT = (
     _GUARD_LUA
@@ -233,6 +253,7 @@ class CallStateStore:
         self._extend = client.register_script(EXTEND_TTL_SCRIPT)
         self._write_committed = client.register_script(WRITE_COMMITTED_SCRIPT)
         self._restore = client.register_script(RESTORE_SCRIPT)
+        self._close = client.register_script(CLOSE_SCRIPT)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -316,9 +337,10 @@ class CallStateStore:
         """Copy a committed change (``version``) to Redis, with its answer for replays.
 
         Outcome "newer" when Redis already holds a later version (the change is in
-        it, or a repair will bring it): nothing to do.
+        it, or a repair will bring it), "closed" when the call was closed meanwhile:
+        nothing written but the replay.
         """
-        keys = [state_key(state.call_sid)]
+        keys = [state_key(state.call_sid), closed_key(state.call_sid)]
         args: list[str | bytes | int] = [version, computed_from, encode(state, version), ttl_for(state.stage)]
         if replay is not None:
             keys.append(replay_key(state.call_sid, replay.token))
@@ -338,8 +360,9 @@ class CallStateStore:
         replay_ttl: int = 0,
     ) -> CasResult:
         """Replace the stored value (if its guard is still ``expected``) by ``state`` at
-        ``version``, remembering ``replays`` (token digest -> answer)."""
-        keys = [state_key(state.call_sid)]
+        ``version``, remembering ``replays`` (token digest -> answer). Refused ("closed")
+        once the call is closed."""
+        keys = [state_key(state.call_sid), closed_key(state.call_sid)]
         args: list[str | bytes | int] = [expected, encode(state, version), ttl_for(state.stage), replay_ttl]
         for digest, response in (replays or {}).items():
             keys.append(replay_key_for_digest(state.call_sid, digest))
@@ -348,6 +371,13 @@ class CallStateStore:
             outcome, found = self._restore(keys=keys, args=args)
             labels["outcome"] = outcome.decode()
         return CasResult(outcome.decode(), found.decode())
+
+    def close(self, call_sid: str) -> bool:
+        """The call is over: no copy of its state from now on. True if one was deleted."""
+        with _operation("delete") as labels:
+            deleted = bool(self._close(keys=[state_key(call_sid), closed_key(call_sid)], args=[CLOSED_TTL]))
+            labels["outcome"] = "ok" if deleted else "miss"
+        return deleted
 
     def compare_and_delete(self, call_sid: str, *, expected: str) -> CasResult:
         with _operation("delete") as labels:
