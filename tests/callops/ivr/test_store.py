@@ -332,3 +332,33 @@ def test_get_store_follows_the_redis_url_setting(settings, private_redis):
     sid = new_call_sid()
     private.save(state(sid), 1)
     assert default.get(sid) is None
+
+
+def test_a_committed_copy_never_replaces_a_newer_one_and_always_keeps_its_answer(store, call_sid):
+    replay = Replay("token-7", b"<Response>seven</Response>", 60)
+    assert store.write_committed(state(call_sid), 8, computed_from=ABSENT).ok
+    late = store.write_committed(
+        state(call_sid, Stage.COLLECT_JOB_NUMBER), 7, computed_from="6", replay=replay
+    )
+    assert late.outcome == "newer"
+    assert store.get(call_sid).version == 8
+    assert store.read(call_sid, "token-7")[1] == replay.response  # a retry is still answered
+    # The copy it was computed from is replaced, even when numbered higher (a leaked write).
+    assert store.write_committed(state(call_sid), 9, computed_from="8").ok
+    assert store.get(call_sid).version == 9
+
+
+def test_after_a_close_no_copy_is_written_or_restored(store, call_sid, redis_client):
+    assert store.write_committed(state(call_sid), 3, computed_from=ABSENT).ok
+    assert store.close(call_sid) is True
+    assert redis_client.get(state_key(call_sid)) is None
+    replay = Replay("token-4", b"<Response>four</Response>", 60)
+    late = store.write_committed(
+        state(call_sid), 4, computed_from="3", replay=replay
+    )  # committed before the close
+    assert late.outcome == "closed"
+    assert store.restore(state(call_sid), 4, expected=ABSENT).outcome == "closed"
+    assert redis_client.get(state_key(call_sid)) is None
+    assert store.read(call_sid, "token-4")[1] == replay.response
+    assert list(store.call_sids()).count(call_sid) == 0  # the marker is no call state
+    redis_client.delete(store_module.closed_key(call_sid))
