@@ -39,10 +39,12 @@ def sweep_expired_call_states() -> dict[str, object]:
 
 @shared_task
 def expire_call_session(session_id: int) -> str | None:
-    """Close one call session as abandoned (or as its last stage says) if its state is gone.
+    """Close one call session as abandoned (or as its last stage says) if its state expired.
 
-    Re-reads the session and Redis; does nothing if the call ended meanwhile or
-    its state is back, so a duplicate or late run is harmless.
+    Re-reads Redis, then the session and its audit trail under the session's lock;
+    does nothing if the call ended meanwhile, its state is back, or its latest
+    audit row is younger than its stage's TTL (the state was lost, not expired, or
+    a webhook started the call again). A duplicate or late run is harmless.
     """
     from callops.ivr.service import expire_session
 

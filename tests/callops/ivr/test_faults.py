@@ -256,3 +256,20 @@ def test_a_copy_behind_the_audit_trail_is_repaired_not_retried(client, jobs, red
     assert len(assert_stores_agree(call)) == 7
     assert not any("changed meanwhile" in record.getMessage() for record in caplog.records)
     assert any("repairing it from the audit trail" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_down_changes_nothing_anywhere(database_proxy, redis_proxy, client, jobs):
+    call = TwilioCall(client)
+    menu = to_status_menu(call)
+    database_proxy.refuse()
+    answer = call.gather(digits=key_for(menu, "en progreso"), idempotency_token="request-6")
+    assert APOLOGY in answer.text
+    database_proxy.heal()
+    connection.close()
+    assert status_of(jobs["501"]) == JobStatus.SCHEDULED
+    assert len(assert_stores_agree(call)) == 5  # Redis untouched too
+    retry = call.gather(digits=key_for(menu, "en progreso"), idempotency_token="request-6")
+    assert DONE in retry.text  # nothing was remembered for the request: it runs now, once
+    assert status_of(jobs["501"]) == JobStatus.IN_PROGRESS
+    assert len(assert_stores_agree(call)) == 6
