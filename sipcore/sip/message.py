@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from sipcore.sip.errors import LimitError, ParseError
-from sipcore.sip.grammar import TOKEN_RE
+from sipcore.sip.grammar import FAST_MAX_PARAMS, TOKEN_RE
 from sipcore.sip.headers import (
     COMPACT_FORMS,
     COMPACT_NAME_OF,
@@ -46,7 +46,8 @@ _REQUIRED_KEYS: Final = frozenset(REQUIRED_HEADERS)
 _FAST_REQUEST_URI_RE: Final = re.compile(
     r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;/]++(?::[A-Za-z0-9\-_.!~*'()&=+$,]*+)?+@)?+"
     r"[A-Za-z0-9][A-Za-z0-9\-.]*+(?::([0-9]{1,5}+))?+"
-    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]*+)?+)*+"
+    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]++(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]*+)?+)"
+    rf"{{0,{FAST_MAX_PARAMS}}}+"
 )
 
 _VERSION_RE: Final = re.compile(r"SIP/[0-9]++\.[0-9]++", re.IGNORECASE)
@@ -522,15 +523,17 @@ def _parse_head(head: bytes, limits: ParserLimits = DEFAULT_LIMITS) -> Request |
     except UnicodeDecodeError:
         text = head.decode("utf-8", "surrogateescape")  # kept byte for byte, and written back so
     # The limits are counted on the whole text (str.count, len), before any per-item
-    # work (sipcore.sip.limits).
-    semicolons = text.count(";")
-    if semicolons > limits.max_message_params:
-        raise LimitError(
-            f"{semicolons} parameters (counted by ';') exceed max_message_params {limits.max_message_params}"
-        )
-    # Few enough ";" that no entry or URI can hold more than max_params parameters:
-    # the fast matchers, which do not count them, are safe.
-    many_params = semicolons > limits.max_params
+    # work (sipcore.sip.limits); a text shorter than a limit cannot reach it.
+    if len(text) > limits.max_message_params:
+        semicolons = text.count(";")
+        if semicolons > limits.max_message_params:
+            raise LimitError(
+                f"{semicolons} parameters (counted by ';') exceed "
+                f"max_message_params {limits.max_message_params}"
+            )
+    # The fast matchers take at most FAST_MAX_PARAMS parameters: safe unless the
+    # limit is lower.
+    many_params = limits.max_params < FAST_MAX_PARAMS
     # Folding is rare, so it is looked for only when the first pass meets a
     # continuation line or fails (not for a limit: unfolding only joins lines, it
     # never brings a message back within one; header lines are counted as received).

@@ -292,3 +292,15 @@ def test_a_limit_error_is_final_even_when_the_message_is_folded():
     data = folded_header_lines(DEFAULT_LIMITS.max_header_lines + 1)
     with pytest.raises(LimitError, match="max_header_lines"):
         parse_message(data)
+
+
+@pytest.mark.parametrize("most", [1, 2, 15, 16, 17, 40])
+@pytest.mark.parametrize(
+    "build", [via_params, address_params, uri_params, request_uri_params, media_type_params]
+)
+def test_a_small_params_limit_holds_on_the_fast_paths_too(most, build):
+    """The fast matchers take up to FAST_MAX_PARAMS (16) parameters; a lower limit must still hold."""
+    limits = dataclasses.replace(DEFAULT_LIMITS, max_params=most)
+    parse_message(build(most), limits=limits)
+    with pytest.raises(LimitError, match="max_params"):
+        parse_message(build(most + 1), limits=limits)
