@@ -4,13 +4,14 @@ Every grammar pattern is linear in its input (sipcore.sip.grammar), but what
 follows a match is Python work per item: a header line looked up, a list entry
 turned into a value, a parameter split, checked and read. Linear is not enough
 when one datagram can hold ten thousand items, so the number of items is
-bounded too, and checked with cheap counts (``bytes.count``, ``len``) *before*
-the per-item work starts. With the defaults, parsing one 64 KB datagram and
+bounded too, and checked with cheap counts (``len``, ``str.count``, a counter
+per list line) *before* the per-item work they bound starts. With the defaults, parsing one 64 KB datagram and
 reading every typed value costs at most a few milliseconds of CPU
 (``bench/parser.py`` prints the worst case it finds).
 
 Going past a limit is a :class:`~sipcore.sip.errors.LimitError` (a ``ParseError``)
-naming the limit, with the status a server answers:
+naming the limit, with the status a server answers (on a stream, the header
+section and body limits are a fatal ``StreamError``: framing is lost):
 
 * 513 Message Too Large (RFC 3261 §21.5.14) for sizes: the datagram, a stream's
   header section, one header field, a URI in a header field;
