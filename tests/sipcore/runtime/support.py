@@ -66,9 +66,30 @@ class SipNode:
         return total
 
 
-def start_node(env: dict[str, str], log_dir: Path, *extra: str, port: int | None = None) -> SipNode:
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 (TCP): --processes N metrics."""
+    for _ in range(100):
+        first = free_udp_tcp_port()
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def start_node(
+    env: dict[str, str], log_dir: Path, *extra: str, port: int | None = None, processes: int = 1
+) -> SipNode:
     port = port or free_udp_tcp_port()
-    metrics_port = free_udp_tcp_port()
+    metrics_port = consecutive_free_ports(processes)
     args = [
         sys.executable,
         "manage.py",

@@ -53,7 +53,7 @@ def test_sigterm_stops_taking_new_requests_finishes_live_ones_and_exits_0(node_e
 
 def test_processes_share_one_port_with_reuseport_and_stop_together(node_env, tmp_path, redis_client):
     port = free_udp_tcp_port()
-    node = start_node(node_env, tmp_path, "--processes", "2", *FAST_TIMERS, port=port)
+    node = start_node(node_env, tmp_path, "--processes", "2", *FAST_TIMERS, port=port, processes=2)
     keys = [f"sip:node:test-{port}-{index}" for index in (0, 1)]
     wait_for(lambda: all(redis_client.get(key) for key in keys), timeout=15, what="both nodes' heartbeats")
     # One socket per call (-t un): the kernel spreads the calls' source ports over both processes.
