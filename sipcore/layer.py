@@ -64,6 +64,9 @@ log = logging.getLogger("sipcore.node")
 Address = tuple[str, int]
 
 
+RECENT_DATAGRAMS = 20_000  # retransmissions come within seconds: enough for ~5 s at 4,000/s
+
+
 class Timed(Protocol):
     """Anything the scheduler serves: a transaction, or a timed object of the TU."""
 
@@ -234,6 +237,10 @@ class TransactionLayer:
         self._transports: dict[tuple[str, Address], Transport] = {}
         self._sent: dict[Transaction, set[int]] = {}
         self._dirty: dict[Transaction, None] = {}
+        # Datagrams that started recent server transactions (bounded, oldest out first).
+        self._recent: dict[bytes, tuple[Transaction, Request]] = {}
+        self._recent_of: dict[Transaction, bytes] = {}
+        self._datagram: bytes | None = None
         self._flush_scheduled = False
         self._commit_tail: asyncio.Future[None] | None = None
         self.accepting = True  # False while draining: new requests are dropped
@@ -264,12 +271,37 @@ class TransactionLayer:
     def datagram_received(self, data: bytes, transport: Transport, remote: Address) -> None:
         if not data.strip(b"\r\n"):
             return  # RFC 5626 §3.5.1 keep-alive (CRLF): nothing to parse
+        recent = self._recent.get(data)
+        if recent is not None and self._retransmission(data, recent, remote):
+            return
         try:
             message = parse_message(data)
         except ParseError as exc:
             self.refuse_unparseable(data, exc, transport, remote)
             return
-        self.message_received(message, transport, remote)
+        self._datagram = data
+        try:
+            self.message_received(message, transport, remote)
+        finally:
+            self._datagram = None
+
+    def _retransmission(self, data: bytes, recent: tuple[Transaction, Request], remote: Address) -> bool:
+        """A datagram byte for byte like one that started a live server transaction: the same
+        request again (its key is in its bytes), handed over without parsing it again."""
+        tx, request = recent
+        if self.server.get(tx.key) is not tx:  # not expected: _remove forgets the datagram
+            del self._recent[data]
+            self._recent_of.pop(tx, None)
+            return False
+        if self.metrics is not None:
+            self.metrics.message_in(request.method, None)
+        try:
+            tx.receive(request, self.clock())
+        except (InvalidTransitionError, TransactionMismatchError) as exc:
+            self.drop("invalid_transition", remote, request, error=str(exc)[:200])
+            return True
+        self._touch(tx)
+        return True
 
     def message_received(self, message: Request | Response, transport: Transport, remote: Address) -> None:
         now = self.clock()
@@ -357,6 +389,12 @@ class TransactionLayer:
         else:
             tx = NonInviteServerTransaction(request, info, now, self.timings)
         self.server[tx.key] = tx
+        if self._datagram is not None:  # remember its bytes: a retransmission skips the parser
+            self._recent[self._datagram] = (tx, request)
+            self._recent_of[tx] = self._datagram
+            if len(self._recent) > RECENT_DATAGRAMS:
+                oldest = next(iter(self._recent))
+                self._recent_of.pop(self._recent.pop(oldest)[0], None)
         cseq = request.cseq
         assert cseq is not None
         origin = (request.call_id, request.from_tag, cseq.number, cseq.method)
@@ -491,6 +529,9 @@ class TransactionLayer:
                 del self._origins[origin]
             self.scheduler.forget(tx)
             self._sent.pop(tx, None)
+            datagram = self._recent_of.pop(tx, None)
+            if datagram is not None:
+                self._recent.pop(datagram, None)
             if self.core is not None:
                 self.core.transaction_terminated(tx, self.clock())
 

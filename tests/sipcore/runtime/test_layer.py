@@ -152,3 +152,31 @@ def test_terminated_transactions_leave_the_layer():
     assert live_before == 1
     assert live_after == 0
     assert scheduled == 0
+
+
+def test_a_byte_identical_retransmission_reaches_its_transaction_and_leaves_with_it():
+    async def scenario():
+        layer, transport = await serve(None, Timings(t1=0.01, t2=0.04, t4=0.05))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            port = sock.getsockname()[1]
+            request = invite("noanswer", port, call_id="again@test").encode()
+            first = await ask(transport.local[1], request, sock, 0.1)
+            remembered = len(layer._recent)
+            again = await ask(transport.local[1], request, sock, 0.1)  # the INVITE retransmitted
+            live = layer.live()
+            cancel = request.replace(b"INVITE sip", b"CANCEL sip", 1).replace(b"1 INVITE", b"1 CANCEL")
+            await ask(transport.local[1], cancel, sock, 0.1)
+            await asyncio.sleep(1.0)  # 487 unACKed: Timer H (0.64 s) ends the INVITE transaction
+            left = len(layer._recent), len(layer._recent_of), layer.live()
+        transport.close()
+        layer.close()
+        return first, remembered, again, live, left
+
+    first, remembered, again, live, left = asyncio.run(scenario())
+    assert [data.split(b"\r\n", 1)[0] for _, data in first] == [b"SIP/2.0 180 Ringing"]
+    assert remembered == 1
+    assert [data.split(b"\r\n", 1)[0] for _, data in again] == [b"SIP/2.0 180 Ringing"]  # §17.2.1: resent
+    assert live == 1  # the same transaction, not a second one (nor a 482)
+    assert left == (0, 0, 0)

@@ -26,6 +26,13 @@ def options(port: int, branch: str) -> bytes:
 
 def test_sigterm_stops_taking_new_requests_finishes_live_ones_and_exits_0(node_env, tmp_path, redis_client):
     node = start_node(node_env, tmp_path, *FAST_TIMERS[:-2], "--grace", "2")
+    try:
+        _sigterm_scenario(node, redis_client)
+    finally:
+        node.process.stop()
+
+
+def _sigterm_scenario(node, redis_client):
     key = f"sip:node:test-{node.port}"
     wait_for(lambda: redis_client.get(key), timeout=10, what="the node's heartbeat")
     assert json.loads(redis_client.get(key))["pid"] == node.process.pid
@@ -54,17 +61,22 @@ def test_sigterm_stops_taking_new_requests_finishes_live_ones_and_exits_0(node_e
 def test_processes_share_one_port_with_reuseport_and_stop_together(node_env, tmp_path, redis_client):
     port = free_udp_tcp_port()
     node = start_node(node_env, tmp_path, "--processes", "2", *FAST_TIMERS, port=port, processes=2)
-    keys = [f"sip:node:test-{port}-{index}" for index in (0, 1)]
-    wait_for(lambda: all(redis_client.get(key) for key in keys), timeout=15, what="both nodes' heartbeats")
-    # One socket per call (-t un): the kernel spreads the calls' source ports over both processes.
-    result = run_sipp(node.address, tmp_path, "-sf", scenario("options"), "-m", "200", "-r", "400",
-                      "-t", "un", "-max_socket", "1000")  # fmt: skip
-    assert result.stat("SuccessfulCall") == 200, result.stats
-    answered = [node_metrics(node.metrics_port + index) for index in (0, 1)]
-    assert all(count > 0 for count in answered), answered
-    os.killpg(node.process.pid, signal.SIGTERM)
-    assert node.process.process.wait(15) == 0
-    assert all(redis_client.get(key) is None for key in keys)
+    try:
+        keys = [f"sip:node:test-{port}-{index}" for index in (0, 1)]
+        wait_for(
+            lambda: all(redis_client.get(key) for key in keys), timeout=15, what="both nodes' heartbeats"
+        )
+        # One socket per call (-t un): the kernel spreads the calls' source ports over both processes.
+        result = run_sipp(node.address, tmp_path, "-sf", scenario("options"), "-m", "200", "-r", "400",
+                          "-t", "un", "-max_socket", "1000")  # fmt: skip
+        assert result.stat("SuccessfulCall") == 200, result.stats
+        answered = [node_metrics(node.metrics_port + index) for index in (0, 1)]
+        assert all(count > 0 for count in answered), answered
+        os.killpg(node.process.pid, signal.SIGTERM)
+        assert node.process.process.wait(15) == 0
+        assert all(redis_client.get(key) is None for key in keys)
+    finally:
+        node.process.stop()  # no-op once it exited; else its group is stopped
 
 
 def node_metrics(port: int) -> float:
