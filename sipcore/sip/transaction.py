@@ -166,6 +166,14 @@ LEGAL_INTERVALS: dict[str, Callable[[Timings, float], bool]] = {
 }
 
 
+# Each retransmission timer runs beside the timeout that ends its retransmissions,
+# both armed at the same instant: the timeout at 64*T1 (§17.1.1.2 A/B, §17.1.2.2 E/F,
+# §17.2.1 G/H), the retransmission at T1 or later. So the timeout is never more than
+# 64*T1 after the retransmission's deadline; a snapshot that says otherwise would
+# retransmit for as long as it likes.
+RETRANSMISSION_LIMITS: tuple[tuple[str, str], ...] = (("A", "B"), ("E", "F"), ("G", "H"))
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message to put on the wire now, and where to."""
@@ -1058,6 +1066,14 @@ def restore_transaction(snapshot: TransactionSnapshot, transport: TransportInfo 
             raise InvalidSnapshotError(
                 f"timer {name} has interval {timer.interval!r}, which these timings never arm it with"
             )
+    for retransmit, timeout in RETRANSMISSION_LIMITS:
+        if retransmit in timers and timeout in timers:
+            gap = timers[timeout].deadline - timers[retransmit].deadline
+            if gap > snapshot.timings.transaction_timeout:
+                raise InvalidSnapshotError(
+                    f"timer {timeout} is due {gap!r} s after timer {retransmit}, more than 64*T1: "
+                    f"no transaction arms them so"
+                )
 
     tx = cls.__new__(cls)
     tx._setup(
