@@ -38,13 +38,12 @@ class JobStatus(models.TextChoices):
 
 
 # Which status a job may move to from each status; completed and cancelled are final.
+# No status moves to itself: a reschedule changes the date, not the status.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     JobStatus.PENDING: frozenset(
         {JobStatus.SCHEDULED, JobStatus.IN_PROGRESS, JobStatus.ON_HOLD, JobStatus.CANCELLED}
     ),
-    JobStatus.SCHEDULED: frozenset(
-        {JobStatus.SCHEDULED, JobStatus.IN_PROGRESS, JobStatus.ON_HOLD, JobStatus.CANCELLED}
-    ),
+    JobStatus.SCHEDULED: frozenset({JobStatus.IN_PROGRESS, JobStatus.ON_HOLD, JobStatus.CANCELLED}),
     JobStatus.IN_PROGRESS: frozenset({JobStatus.ON_HOLD, JobStatus.COMPLETED, JobStatus.CANCELLED}),
     JobStatus.ON_HOLD: frozenset({JobStatus.IN_PROGRESS, JobStatus.SCHEDULED, JobStatus.CANCELLED}),
     JobStatus.COMPLETED: frozenset(),

@@ -152,3 +152,10 @@ def test_history_reads_in_plain_words_newest_first(job, django_user_model):
     assert history[0].who == "Staff alice"
     assert history[2].who == "Phone call CAphone2 from +52******1234"
     assert history[2].call_sid == "CAphone2"
+
+
+def test_no_status_moves_to_itself():
+    """A move to the status a job already has is no change: no menu offers it, no rule allows it."""
+    from callops.models import ALLOWED_TRANSITIONS
+
+    assert [status for status, targets in ALLOWED_TRANSITIONS.items() if status in targets] == []
