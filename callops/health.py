@@ -296,7 +296,40 @@ def run_health_checks(redis_error: BaseException | None = None) -> HealthReport:
     redis_check = CheckResult("redis", True, True, detail=version, latency_ms=_ms(started))
     celery_check = _check_celery(facts)
     sip_check = _timed("sip", False, lambda: {"nodes": [node.get("node_id") for node in live_nodes(client)]})
-    return HealthReport((database, redis_check, celery_check, sip_check), checked_at)
+    return HealthReport(
+        (database, redis_check, celery_check, sip_check, _check_sip_peers(database)), checked_at
+    )
+
+
+def _check_sip_peers(database: CheckResult) -> CheckResult:
+    """Each enabled SipPeer's last probe (status, code, RTT), as the node wrote it to its row.
+
+    Shown, not required, unless some peer is flagged ``required``: then the
+    check is required and fails while such a peer is not up (down, or never
+    probed yet). A peer not flagged never fails health, whatever its status.
+    """
+    from sipcore.models import PeerStatus, SipPeer  # the app registry is ready by the first request
+
+    if not database.ok:  # don't wait on it twice; the database check already fails
+        return CheckResult("sip_peers", False, False, error="database unreachable")
+    started = time.perf_counter()
+    try:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        [str(settings.HEALTH_DB_TIMEOUT_MS)],
+                    )
+            peers = SipPeer.summary()
+    except Exception as exc:  # reported, never raised
+        return CheckResult("sip_peers", False, False, error=_describe(exc), latency_ms=_ms(started))
+    required = sorted(name for name, peer in peers.items() if peer["required"])
+    not_up = [name for name in required if peers[name]["status"] != PeerStatus.UP]
+    error = f"required SIP peer(s) not up: {', '.join(not_up)}" if not_up else ""
+    return CheckResult(
+        "sip_peers", not not_up, bool(required), detail={"peers": peers}, error=error, latency_ms=_ms(started)
+    )
 
 
 def _without_redis(
@@ -311,6 +344,7 @@ def _without_redis(
             CheckResult("redis", False, True, error=error, latency_ms=latency_ms),
             CheckResult("celery", False, True, error=unreachable),
             CheckResult("sip", False, False, error=unreachable),
+            _check_sip_peers(database),  # from the database: known without Redis
         ),
         checked_at,
     )

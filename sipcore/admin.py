@@ -30,12 +30,13 @@ class SipPeerAdmin(admin.ModelAdmin):
         "name",
         "uri",
         "enabled",
+        "required",
         "interval",
         "status",
         "last_status_code",
         "last_rtt_ms",
         "last_probe_at",
     )
-    list_filter = ("status", "enabled")
+    list_filter = ("status", "enabled", "required")
     search_fields = ("name", "uri")
     readonly_fields = ("status", "last_status_code", "last_rtt_ms", "last_probe_at", "last_change_at")

@@ -109,6 +109,9 @@ class SipPeer(models.Model):
     uri = models.CharField(max_length=200, help_text="e.g. sip:pbx.example.com:5060;transport=udp")
     interval = models.FloatField(default=30.0, validators=[MinValueValidator(1.0)], help_text="seconds")
     enabled = models.BooleanField(default=True)
+    required = models.BooleanField(
+        default=False, help_text="/healthz fails while this peer is not up (else it is only shown)"
+    )
     status = models.CharField(max_length=16, choices=PeerStatus.choices, default=PeerStatus.UNKNOWN)
     last_status_code = models.PositiveIntegerField(null=True, blank=True)
     last_rtt_ms = models.FloatField(null=True, blank=True)
@@ -125,7 +128,12 @@ class SipPeer(models.Model):
     def summary(cls) -> dict[str, dict[str, object]]:
         """Each enabled peer's last probe, by name: what a health check shows."""
         return {
-            peer.name: {"status": peer.status, "code": peer.last_status_code, "rtt_ms": peer.last_rtt_ms}
+            peer.name: {
+                "status": peer.status,
+                "code": peer.last_status_code,
+                "rtt_ms": peer.last_rtt_ms,
+                "required": peer.required,
+            }
             for peer in cls.objects.filter(enabled=True)
         }
 

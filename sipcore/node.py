@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from callops.config import ListenAddress
 from sipcore.dialplan import DialPlan
 from sipcore.endpoint import Endpoint
 from sipcore.layer import TransactionLayer, TransactionStore
@@ -31,20 +32,9 @@ log = logging.getLogger("sipcore.node")
 
 
 @dataclass(frozen=True)
-class Listen:
-    protocol: str  # "udp" or "tcp"
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.protocol}:{host}:{self.port}"
-
-
-@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
-    listen: tuple[Listen, ...]
+    listen: tuple[ListenAddress, ...]
     timings: Timings = field(default_factory=Timings)
     timer_c: float = DEFAULT_TIMER_C
     reuse_port: bool = False
@@ -149,10 +139,10 @@ class Node:
         if self.config.redis_url:
             with contextlib.suppress(Exception):
                 from callops.redis import get_redis
-                from sipcore.nodes import heartbeat_key
+                from sipcore.nodes import forget
 
                 await asyncio.get_running_loop().run_in_executor(
-                    None, get_redis(self.config.redis_url).delete, heartbeat_key(self.config.node_id)
+                    None, forget, get_redis(self.config.redis_url), self.config.node_id
                 )
         log.info(
             "sip node %s stopped; %d transactions left unfinished",

@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+import redis
 
 from callops import health
 from callops.health import (
@@ -24,7 +25,8 @@ from callops.health import (
     current_health,
     forget_cached_health,
 )
-from sipcore.nodes import beat
+from sipcore.models import PeerStatus, SipPeer
+from sipcore.nodes import NODES_INDEX, beat, forget, live_nodes
 from tests.support.processes import (
     ManagedProcess,
     child_environment,
@@ -58,13 +60,13 @@ def test_healthz_ok_with_a_live_worker(client, admin_client, celery_worker, redi
         response = client.get("/healthz")
         staff = admin_client.get("/healthz")
     finally:
-        redis_client.delete("sip:node:test-node-healthz")
+        forget(redis_client, "test-node-healthz")
     body = response.json()
     assert response.status_code == 200, body
     assert body == {
         "status": "ok",
         "failing": [],
-        "checks": {name: {"status": "ok"} for name in ("database", "redis", "celery", "sip")},
+        "checks": {name: {"status": "ok"} for name in ("database", "redis", "celery", "sip", "sip_peers")},
     }
     assert response["Cache-Control"].startswith("max-age=0")
 
@@ -98,6 +100,7 @@ def test_anonymous_callers_learn_only_ok_or_failing_per_part(client, settings, f
             "redis": {"status": "failing"},
             "celery": {"status": "failing"},
             "sip": {"status": "failing"},
+            "sip_peers": {"status": "ok"},
         },
     }
     assert str(free_tcp_port) not in anonymous.content.decode()
@@ -150,7 +153,13 @@ def test_while_another_process_refreshes_the_others_answer_with_the_last_report(
     redis_client.delete(REFRESH_LEASE_KEY)  # the other process finished without sharing
     answer = current_health()
     assert not answer.stale
-    assert [check.name for check in answer.report.checks] == ["database", "redis", "celery", "sip"]
+    assert [check.name for check in answer.report.checks] == [
+        "database",
+        "redis",
+        "celery",
+        "sip",
+        "sip_peers",
+    ]
     # ...and the new report is shared: another process would reuse it.
     shared = HealthReport.from_dict(json.loads(redis_client.get(REPORT_KEY)))
     assert shared.as_dict() == answer.report.as_dict()
@@ -395,3 +404,91 @@ def test_a_failing_verdict_is_logged_when_it_changes_not_for_every_probe(
     verdicts = [r for r in caplog.records if r.name == "callops.health"]
     assert [(r.levelname, r.getMessage()) for r in verdicts] == [("WARNING", "health: failing redis, celery")]
     assert "Connection" in verdicts[0].errors["redis"]
+
+
+def peer(name: str, status: str, *, required: bool = False, rtt_ms: float | None = None) -> SipPeer:
+    return SipPeer.objects.create(
+        name=name,
+        uri=f"sip:{name}@127.0.0.1:5099",
+        status=status,
+        required=required,
+        last_status_code=200 if status == PeerStatus.UP else None,
+        last_rtt_ms=rtt_ms,
+    )
+
+
+@pytest.mark.django_db
+def test_sip_peers_show_status_and_rtt_to_staff_and_a_down_peer_does_not_fail_health(
+    client, admin_client, redis_client
+):
+    peer("pbx", PeerStatus.UP, rtt_ms=3.5)
+    peer("trunk", PeerStatus.DOWN)
+    SipPeer.objects.create(name="off", uri="sip:off@127.0.0.1:5099", enabled=False, status=PeerStatus.DOWN)
+
+    detail = admin_client.get("/healthz").json()
+    check = detail["checks"]["sip_peers"]
+    assert check["status"] == "ok"
+    assert check["required"] is False
+    assert check["peers"] == {
+        "pbx": {"status": "up", "code": 200, "rtt_ms": 3.5, "required": False},
+        "trunk": {"status": "down", "code": None, "rtt_ms": None, "required": False},
+    }
+    assert "sip_peers" not in detail["failing"]
+    anonymous = client.get("/healthz").json()
+    assert anonymous["checks"]["sip_peers"] == {"status": "ok"}  # no names, no RTTs
+    assert "trunk" not in json.dumps(anonymous)
+
+
+@pytest.mark.django_db
+def test_a_required_sip_peer_that_is_not_up_fails_health(client, redis_client, celery_worker):
+    wait_for(lambda: redis_client.zcard(WORKERS_KEY), timeout=30, what="the worker's first heartbeat")
+    peer("pbx", PeerStatus.UP, required=True, rtt_ms=1.0)
+    peer("trunk", PeerStatus.DOWN)  # not required: shown only
+    assert client.get("/healthz").status_code == 200
+
+    for status in (PeerStatus.DOWN, PeerStatus.UNKNOWN):  # never probed is not known to be up
+        SipPeer.objects.filter(name="pbx").update(status=status)
+        forget_cached_health()
+        response = client.get("/healthz")
+        assert response.status_code == 503, status
+        assert response.json()["failing"] == ["sip_peers"]
+        detail = client.get("/healthz", **with_token()).json()["checks"]["sip_peers"]
+        assert detail["required"] is True
+        assert detail["error"] == "required SIP peer(s) not up: pbx"
+
+
+def test_live_nodes_reads_an_index_not_the_keyspace(private_redis):
+    """Heartbeats are found through the index: no SCAN, whatever else the keyspace holds."""
+    client = redis.Redis.from_url(private_redis.url)
+    client.mset({f"call_state:{i}": b"x" for i in range(2000)})
+    beat(client, "node-a", {"pid": 1}, ttl=30)
+    beat(client, "node-b", {"pid": 2}, ttl=1)
+    client.config_resetstat()
+
+    assert [node["node_id"] for node in live_nodes(client)] == ["node-a", "node-b"]
+    stats = client.info("commandstats")
+    assert "cmdstat_scan" not in stats, stats
+    assert "cmdstat_keys" not in stats, stats
+    assert stats["cmdstat_get"]["calls"] == 2
+
+    # node-b's heartbeat expires: it is no longer listed and its index member is pruned.
+    wait_for(lambda: not client.exists("sip:node:node-b"), timeout=5, what="node-b's heartbeat to expire")
+    time.sleep(0.05)
+    assert [node["node_id"] for node in live_nodes(client)] == ["node-a"]
+    assert client.zrange(NODES_INDEX, 0, -1) == [b"node-a"]
+
+    # A node that beats again is listed again; one that stops on purpose goes at once.
+    beat(client, "node-b", {"pid": 3}, ttl=30)
+    assert [node["node_id"] for node in live_nodes(client)] == ["node-a", "node-b"]
+    forget(client, "node-a")
+    assert [node["node_id"] for node in live_nodes(client)] == ["node-b"]
+    assert client.zrange(NODES_INDEX, 0, -1) == [b"node-b"]
+
+
+def test_a_heartbeat_key_lost_before_its_index_entry_expires_is_not_listed(private_redis):
+    """The key is the truth: an index member without its key (deleted, evicted) is not a live node."""
+    client = redis.Redis.from_url(private_redis.url)
+    beat(client, "node-a", {"pid": 1}, ttl=30)
+    beat(client, "node-b", {"pid": 2}, ttl=30)
+    client.delete("sip:node:node-a")
+    assert [node["node_id"] for node in live_nodes(client)] == ["node-b"]

@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from callops.config import ConfigError, parse_listen_address
 from sipcore.endpoint import Endpoint
-from sipcore.node import Listen, NodeConfig, run_node
+from sipcore.node import NodeConfig, run_node
 from sipcore.peers import PeerProber
 from sipcore.sip import Timings
 
@@ -105,13 +105,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             listen = tuple(
-                Listen(a.protocol, a.host, a.port)
-                for a in (
-                    parse_listen_address(item)
-                    for item in (options["listen"] or "").split(",")
-                    if item.strip()
-                )
-            ) or tuple(Listen(a.protocol, a.host, a.port) for a in settings.SIP_LISTEN)
+                parse_listen_address(item) for item in (options["listen"] or "").split(",") if item.strip()
+            ) or tuple(settings.SIP_LISTEN)
             timings = Timings(t1=options["t1"], t2=options["t2"], t4=options["t4"])
         except (ConfigError, ValueError) as exc:
             raise CommandError(str(exc)) from exc

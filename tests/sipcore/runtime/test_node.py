@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from sipcore.nodes import NODES_INDEX, live_nodes
 from tests.sipcore.runtime.conftest import FAST_TIMERS
 from tests.sipcore.runtime.support import free_udp_tcp_port, run_sipp, scenario, start_node
 from tests.sipcore.runtime.test_sipp import invite
@@ -36,6 +37,7 @@ def _sigterm_scenario(node, redis_client):
     key = f"sip:node:test-{node.port}"
     wait_for(lambda: redis_client.get(key), timeout=10, what="the node's heartbeat")
     assert json.loads(redis_client.get(key))["pid"] == node.process.pid
+    assert f"test-{node.port}" in [beat["node_id"] for beat in live_nodes(redis_client)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(2)
@@ -55,6 +57,7 @@ def _sigterm_scenario(node, redis_client):
     assert all(answer.startswith(b"SIP/2.0 486") for answer in got), got  # the new OPTIONS: unanswered
     assert node.process.process.wait(10) == 0
     assert redis_client.get(key) is None  # the heartbeat is withdrawn
+    assert redis_client.zscore(NODES_INDEX, f"test-{node.port}") is None  # and its index entry
     assert "sip_node_stopped" in node.process.output()
 
 

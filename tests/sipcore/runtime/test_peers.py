@@ -42,6 +42,6 @@ def test_node_probes_peers_and_records_up_with_rtt_and_down_after_timer_f(sip_no
         assert sip_node.metric("sip_messages_in_total", method="OPTIONS") >= 2
         summary = SipPeer.summary()
         assert summary["alive"]["status"] == "up"
-        assert summary["dead"] == {"status": "down", "code": None, "rtt_ms": None}
+        assert summary["dead"] == {"status": "down", "code": None, "rtt_ms": None, "required": False}
     finally:
         prober.process.stop()
