@@ -96,14 +96,21 @@ class Headers:
     Lookups ignore case and know compact forms. Headers the transaction layer
     reads (``HEADER_RULES``) are checked when added or parsed, and typed on
     first use; adding a malformed one raises :class:`ParseError`.
+
+    ``copy()`` is copy-on-write: the copy shares the lines, seeds, typed values
+    and lookup index, and whichever side mutates first takes its own (so a
+    transaction can hand out copies of its messages for the cost of an object).
+    Lookups go through an index (lookup key -> values) built on first use.
     """
 
-    __slots__ = ("_lines", "_seeds", "_typed")
+    __slots__ = ("_index", "_lines", "_seeds", "_shared", "_typed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()):
         self._lines: list[str] = []
         self._seeds: dict[str, Any] = {}
         self._typed: dict[str, Any] = {}
+        self._index: dict[str, list[str]] | None = None
+        self._shared = False
         for name, value in fields:
             self.add(name, value)
 
@@ -113,6 +120,8 @@ class Headers:
         headers._lines = lines
         headers._seeds = seeds
         headers._typed = {}
+        headers._index = None
+        headers._shared = False
         return headers
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
@@ -132,26 +141,37 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return self.normalized() == other.normalized()
+        return self._lines == other._lines or self.normalized() == other.normalized()
 
     __hash__ = None  # type: ignore[assignment]
 
     def normalized(self) -> list[tuple[str, str]]:
         """(lookup key, value) pairs: what equality compares."""
-        return [(canonical_key(name), value) for name, value in self]
+        return [(_key_of(name), value) for name, value in self]
+
+    def _built_index(self) -> dict[str, list[str]]:
+        # One pass over the lines serves every later lookup (a response is built
+        # from five or more of the request's headers).
+        index: dict[str, list[str]] = {}
+        for line in self._lines:
+            name, _, value = line.partition(":")
+            key = _key_of(name.rstrip(" \t"))
+            values = index.get(key)
+            if values is None:
+                index[key] = [value.strip(" \t")]
+            else:
+                values.append(value.strip(" \t"))
+        self._index = index
+        return index
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (one header line), or ``default``."""
-        key = canonical_key(name)
-        for field, value in self:
-            if canonical_key(field) == key:
-                return value
-        return default
+        values = (self._index or self._built_index()).get(_key_of(name))
+        return default if values is None else values[0]
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value of header ``name``, in order."""
-        key = canonical_key(name)
-        return [value for field, value in self if canonical_key(field) == key]
+        return list((self._index or self._built_index()).get(_key_of(name), ()))
 
     def typed(self, key: str) -> Any:
         """The typed value of a known header (``HEADER_RULES`` key), or None if absent."""
@@ -161,6 +181,15 @@ class Headers:
             value = None if seed is None else HEADER_RULES[key].build(seed)
             self._typed[key] = value
         return value
+
+    def _own(self) -> None:
+        """Before a mutation: stop sharing with copies, forget the index."""
+        if self._shared:
+            self._lines = list(self._lines)
+            self._seeds = dict(self._seeds)  # seed lists are replaced on change, never extended
+            self._typed = dict(self._typed)
+            self._shared = False
+        self._index = None
 
     def add(self, name: str, value: str) -> None:
         """Append a header line. Known headers are checked (ParseError if malformed)."""
@@ -172,6 +201,7 @@ class Headers:
         value = value.strip(" \t")
         key = canonical_key(name)
         rule = HEADER_RULES.get(key)
+        self._own()
         if rule is not None:
             seed = rule.check(value, DEFAULT_LIMITS)
             if rule.multiple:
@@ -189,26 +219,41 @@ class Headers:
     def remove(self, name: str) -> None:
         """Remove every line of header ``name``."""
         key = canonical_key(name)
-        self._lines = [
-            line for line in self._lines if canonical_key(line.partition(":")[0].rstrip(" \t")) != key
-        ]
+        self._own()
+        self._lines = [line for line in self._lines if _key_of(line.partition(":")[0].rstrip(" \t")) != key]
         self._seeds.pop(key, None)
         self._typed.pop(key, None)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of header ``name`` by one, where the first one stood."""
         key = canonical_key(name)
-        position = next((i for i, (field, _) in enumerate(self) if canonical_key(field) == key), None)
+        position = next((i for i, (field, _) in enumerate(self) if _key_of(field) == key), None)
         self.remove(name)
         self.add(name, value)
         if position is not None:
             self._lines.insert(position, self._lines.pop())
 
     def copy(self) -> Headers:
-        seeds = {key: list(seed) if isinstance(seed, list) else seed for key, seed in self._seeds.items()}
-        copied = Headers._trusted(list(self._lines), seeds)
-        copied._typed = dict(self._typed)
+        copied = Headers.__new__(Headers)
+        copied._lines, copied._seeds, copied._typed = self._lines, self._seeds, self._typed
+        copied._index = self._index
+        copied._shared = self._shared = True
         return copied
+
+
+# Header name spelling -> lookup key, for the spellings met (bounded: unknown
+# spellings beyond the bound are lower-cased each time).
+_KEY_OF_SPELLING: dict[str, str] = {}
+_MAX_SPELLINGS: Final = 512
+
+
+def _key_of(name: str) -> str:
+    key = _KEY_OF_SPELLING.get(name)
+    if key is None:
+        key = canonical_key(name)
+        if len(_KEY_OF_SPELLING) < _MAX_SPELLINGS:
+            _KEY_OF_SPELLING[name] = key
+    return key
 
 
 class Message:
@@ -674,9 +719,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
             raise ParseError(
                 f"CSeq method {cseq_method} does not match the request method {message.method}", code
             )
-    headers = Headers.__new__(Headers)
-    headers._lines, headers._seeds, headers._typed = lines, seeds, {}
-    message.headers = headers
+    message.headers = Headers._trusted(lines, seeds)
     return message
 
 

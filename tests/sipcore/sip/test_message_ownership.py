@@ -127,3 +127,58 @@ def test_each_read_of_request_and_last_response_is_a_copy():
     assert tx.request == tx.request
     assert tx.last_response is not tx.last_response
     assert tx.last_response == tx.last_response
+
+
+def _many_headers_request() -> Message:
+    invite = request()
+    for i in range(200):
+        invite.headers.add("X-Filler", f"value {i}")
+    invite.headers.get("Call-ID")  # the lookup index is built
+    return invite
+
+
+@pytest.mark.parametrize("side", ["original", "copy"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.headers.add("Via", "SIP/2.0/UDP other.example.com;branch=z9hG4bKother"),
+        lambda m: m.headers.remove("Via"),
+        lambda m: m.headers.set("To", "<sip:x@example.com>;tag=changed"),
+        lambda m: m.set_body(b"v=0\r\n", "application/sdp"),
+    ],
+    ids=["add", "remove", "set", "set_body"],
+)
+def test_a_copy_and_its_original_never_see_each_others_changes(side, mutate):
+    original = _many_headers_request()
+    copied = original.copy()
+    # Typed values and lookups on both sides before the change.
+    assert copied.to_tag == original.to_tag
+    assert copied.via == original.via
+    pristine = bytes(original)
+    changed, other = (original, copied) if side == "original" else (copied, original)
+    mutate(changed)
+
+    assert bytes(other) == pristine
+    assert other.headers.get_all("Via") == [v for n, v in other.headers if n == "Via"]
+    assert len(other.via) == 1
+    assert other.to_tag == request().to_tag
+    assert bytes(changed) != pristine
+    assert changed.headers.get_all("Via") == [v for n, v in changed.headers if n == "Via"]
+    assert changed.headers.get("To") == next((v for n, v in changed.headers if n == "To"), None)
+
+
+def test_copying_a_message_costs_the_same_however_many_headers_it_has():
+    import tracemalloc
+
+    small, large = request(), _many_headers_request()
+
+    def allocated(message: Message) -> int:
+        tracemalloc.start()
+        copies = [message.copy() for _ in range(50)]
+        size = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del copies
+        return size
+
+    # Copy-on-write: a copy shares the header lines until one side changes them.
+    assert allocated(large) < 2 * allocated(small) + 4096
