@@ -178,15 +178,19 @@ class TcpConnection(asyncio.Protocol):
             except StreamError as exc:
                 for message in exc.messages:
                     layer.message_received(message, self.listener, self.remote)
+                if not exc.fatal:
+                    # Framed but unparseable: answered statelessly on this connection where
+                    # a response can be built, as on UDP (RFC 3261 §8.2.6), else dropped.
+                    layer.refuse_unparseable(exc.head, exc, self.listener, self.remote)
+                    data = b""  # the bad message was skipped: go on with what is buffered
+                    continue
                 if layer.metrics is not None:
                     layer.metrics.parse_error(exc.status_code)
-                layer.drop("stream_error", self.remote, None, error=str(exc)[:200], fatal=exc.fatal)
-                if exc.fatal:  # RFC 4475 §3.1.2.3: framing is lost, so is the connection
-                    if self.transport is not None:
-                        self.transport.abort()
-                    return
-                data = b""  # the bad message was skipped: go on with what is buffered
-                continue
+                layer.drop("stream_error", self.remote, None, error=str(exc)[:200], fatal=True)
+                # RFC 4475 §3.1.2.3: framing is lost, so is the connection.
+                if self.transport is not None:
+                    self.transport.abort()
+                return
             for message in messages:
                 layer.message_received(message, self.listener, self.remote)
             return

@@ -27,12 +27,15 @@ class StreamError(ParseError):
     ``feed()``. When ``fatal`` is false the bad message was skipped (its
     Content-Length was readable): answer it if possible and call ``feed(b"")``
     to go on with what is buffered. When true, framing is lost: close the
-    connection (RFC 4475 §3.1.2.3).
+    connection (RFC 4475 §3.1.2.3). ``head`` is the skipped message's header
+    section (with its blank line), from which a stateless answer can be built
+    (RFC 3261 §8.2.6); empty when fatal.
     """
 
-    def __init__(self, message: str, status_code: int, *, fatal: bool):
+    def __init__(self, message: str, status_code: int, *, fatal: bool, head: bytes = b""):
         super().__init__(message, status_code)
         self.fatal = fatal
+        self.head = head
         self.messages: list[Request | Response] = []
 
 
@@ -148,4 +151,4 @@ class StreamParser:
         if len(lengths) != 1 or int(lengths[0]) > self.max_body_size:
             return StreamError(f"{error} (framing lost)", error.status_code, fatal=True)
         self._discard = end + 4 + int(lengths[0])
-        return StreamError(str(error), error.status_code, fatal=False)
+        return StreamError(str(error), error.status_code, fatal=False, head=head + b"\r\n\r\n")
