@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
+from sipcore.sip.headers import HEADER_RULES
+from sipcore.sip.limits import DEFAULT_LIMITS
 from sipcore.sip.message import Headers, Request, Response
 
 # RFC 3261 §8.1.1.7: the branch of an RFC 3261 transaction starts with the magic cookie.
@@ -30,6 +32,11 @@ REASON_PHRASES: Final[dict[int, str]] = {
     513: "Message Too Large", 600: "Busy Everywhere", 603: "Decline",
     604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }  # fmt: skip
+
+
+# RFC 3261 §8.2.6.2: the headers a response copies from its request, in the order written.
+_COPIED: Final = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_TO: Final = HEADER_RULES["to"]
 
 
 def new_branch() -> str:
@@ -72,22 +79,36 @@ def make_response(
     Via (all, in order), From, Call-ID and CSeq are copied; To is copied and
     gets a tag when it has none, except on 100 Trying. A 100 copies Timestamp
     (§8.2.6.1); 101-299 responses copy Record-Route (§12.1.1).
+
+    The copied lines were checked when the request was parsed or built, so they
+    are copied with their checked values (``Headers._trusted``) rather than
+    checked again; a To that gets a tag, ``headers`` and ``content_type`` are
+    checked as ``Headers.add`` checks them.
     """
-    response_headers = Headers()
-    for via in request.headers.get_all("Via"):
-        response_headers.add("Via", via)
-    response_headers.add("From", _required(request, "From"))
-    to = _required(request, "To")
-    if status_code != 100 and request.to_tag is None:
-        to = f"{to};tag={to_tag or new_tag()}"
-    response_headers.add("To", to)
-    response_headers.add("Call-ID", _required(request, "Call-ID"))
-    response_headers.add("CSeq", _required(request, "CSeq"))
-    if status_code == 100 and (timestamp := request.headers.get("Timestamp")) is not None:
-        response_headers.add("Timestamp", timestamp)
-    if 101 <= status_code < 300:
-        for record_route in request.headers.get_all("Record-Route"):
-            response_headers.add("Record-Route", record_route)
+    source = request.headers
+    index = source._index or source._built_index()
+    source_seeds = source._seeds
+    lines = [f"Via: {via}" for via in index.get("via", ())]
+    seeds: dict[str, Any] = {}
+    if lines:
+        seeds["via"] = list(source_seeds["via"])
+    for key, name in _COPIED:
+        values = index.get(key)
+        if values is None:
+            raise ValueError(f"the request has no {name} header")
+        value = values[0]
+        seed = source_seeds[key]
+        if key == "to" and status_code != 100 and request.to_tag is None:
+            value = f"{value};tag={to_tag or new_tag()}"
+            seed = _TO.check(value, DEFAULT_LIMITS)  # the tag is the caller's: checked
+        lines.append(f"{name}: {value}")
+        seeds[key] = seed
+    if status_code == 100 and (timestamp := index.get("timestamp")) is not None:
+        lines.append(f"Timestamp: {timestamp[0]}")
+    if 101 <= status_code < 300 and (record_routes := index.get("record-route")) is not None:
+        lines += [f"Record-Route: {record_route}" for record_route in record_routes]
+        seeds["record-route"] = list(source_seeds["record-route"])
+    response_headers = Headers._trusted(lines, seeds)
     for name, value in headers:
         response_headers.add(name, value)
     if content_type is not None:

@@ -99,3 +99,85 @@ def test_branches_and_tags_are_fresh_and_well_formed():
     assert all(b.startswith("z9hG4bK") and len(b) >= 7 + 16 for b in branches)  # >= 64 random bits
     tags = {new_tag() for _ in range(1000)}
     assert len(tags) == 1000
+
+
+def _checked_response(request, status_code, to_tag):  # type: ignore[no-untyped-def]
+    """What make_response builds, the slow way: every copied line checked again by Headers.add."""
+    from sipcore.sip import Headers, Response
+
+    headers = Headers()
+    for via in request.headers.get_all("Via"):
+        headers.add("Via", via)
+    headers.add("From", request.headers.get("From"))
+    to = request.headers.get("To")
+    if status_code != 100 and request.to_tag is None:
+        to = f"{to};tag={to_tag}"
+    headers.add("To", to)
+    headers.add("Call-ID", request.headers.get("Call-ID"))
+    headers.add("CSeq", request.headers.get("CSeq"))
+    if status_code == 100 and request.headers.get("Timestamp") is not None:
+        headers.add("Timestamp", request.headers.get("Timestamp"))
+    if 101 <= status_code < 300:
+        for record_route in request.headers.get_all("Record-Route"):
+            headers.add("Record-Route", record_route)
+    headers.add("Content-Length", "0")
+    return Response(status_code, "Some Reason", headers)
+
+
+COMPACT = parse_message(
+    b"OPTIONS sip:bob@biloxi.example.com SIP/2.0\r\n"
+    b"v: SIP/2.0/UDP a.example.com;branch=z9hG4bKa;rport , SIP/2.0/TCP [2001:db8::1]:5061;branch=z9hG4bKb\r\n"
+    b'f: <sip:alice@atlanta.example.com>;tag=x\r\nt: "Bob" <sip:bob@biloxi.example.com>\r\n'
+    b"i: compact@example.com\r\nCSEQ: 7 OPTIONS\r\nrecord-route: <sip:p1.example.com;lr>, <sip:p2;lr>\r\n"
+    b"l: 0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("request_", [INVITE, COMPACT], ids=["invite", "compact"])
+@pytest.mark.parametrize("status_code", [100, 180, 200, 486])
+def test_a_response_is_exactly_what_checking_every_copied_line_would_build(request_, status_code):
+    built = make_response(request_, status_code, "Some Reason", to_tag="t1")
+    reference = _checked_response(request_, status_code, "t1")
+    assert bytes(built) == bytes(reference)
+    for attribute in ("via", "from_", "to", "to_tag", "call_id", "cseq", "record_route", "content_length"):
+        assert getattr(built, attribute) == getattr(reference, attribute), attribute
+    assert built.headers.normalized() == reference.headers.normalized()
+    assert parse_message(bytes(built)) == built
+
+
+def test_what_the_caller_adds_to_a_response_is_still_checked():
+    from sipcore.sip import ParseError, Request
+
+    with pytest.raises(ParseError):
+        make_response(INVITE, 486, to_tag="not a token")
+    with pytest.raises(ParseError):
+        make_response(INVITE, 486, headers=[("Via", "not a via")])
+    with pytest.raises(ParseError):
+        make_response(INVITE, 200, content_type="no slash")
+    with pytest.raises(ValueError, match="no From"):
+        make_response(Request("OPTIONS", "sip:a@b", [("Via", "SIP/2.0/UDP h;branch=z9hG4bK1")]), 200)
+
+
+def test_make_response_does_not_check_again_what_the_request_already_passed():
+    import statistics
+    import time
+
+    vias = ", ".join(
+        f"SIP/2.0/UDP proxy{i}.example.com:5060;branch=z9hG4bK{i};received=192.0.2.{i}" for i in range(60)
+    )
+    many = parse_message(
+        bytes(INVITE).replace(b"Via: SIP/2.0/UDP older", f"Via: {vias}\r\nVia: SIP/2.0/UDP older".encode())
+    )
+
+    def cpu(build) -> float:  # type: ignore[no-untyped-def]
+        runs = []
+        for _ in range(9):
+            started = time.process_time()
+            for _ in range(30):
+                build()
+            runs.append(time.process_time() - started)
+        return statistics.median(runs)
+
+    fast = cpu(lambda: make_response(many, 486, "Some Reason", to_tag="t1"))
+    checked = cpu(lambda: _checked_response(many, 486, "t1"))
+    assert fast < checked / 2, (fast, checked)
