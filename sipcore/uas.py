@@ -16,6 +16,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import ClassVar
 
+from sipcore.dialog import uas_bye
 from sipcore.dialplan import FALLBACK_RULE, DialPlan, Rule
 from sipcore.layer import Source, TransactionLayer, stateless_tag
 from sipcore.sip import (
@@ -263,10 +264,16 @@ class Call:
         self._end()
 
     def _no_ack(self, now: float, _: float) -> None:
-        # §13.3.1.4: the dialog is confirmed all the same (a late BYE still finds it: 200, not 481);
-        # the session should end with a BYE from us, which this node does not send yet.
-        self.core.dialogs.confirm_call(self)
+        # §13.3.1.4: no ACK within 64*T1: the dialog is confirmed, and the session ends with a
+        # BYE from us (its own client transaction: retransmitted, Timer F). It goes where the
+        # INVITE came from (the peer is there; the Contact may be a name we cannot resolve).
+        self.core.dialogs.close_call(self)
         self._end()
+        layer = self.core.layer
+        transport = layer.transport_for(self.tx.transport)
+        if transport is not None:
+            bye = uas_bye(self.request, self.to_tag, transport.protocol, transport.local)
+            layer.create_client_transaction(bye, transport, self.tx.transport.remote, now)
 
     def _cancelled(self, now: float, _: float) -> None:  # §9.2: 487 for the INVITE
         self._respond(487, None, now)
@@ -340,12 +347,9 @@ class Dialogs:
         entry = self._dialogs.pop(self.id_of(request), None)
         return entry[1] if entry is not None else None
 
-    def confirm_call(self, call: Call) -> None:
+    def close_call(self, call: Call) -> None:
         request = call.request
-        key = (request.call_id or "", call.to_tag, request.from_tag or "")
-        entry = self._dialogs.get(key)
-        if entry is not None:
-            self._dialogs[key] = (entry[0], None)
+        self._dialogs.pop((request.call_id or "", call.to_tag, request.from_tag or ""), None)
 
 
 class UasCore:

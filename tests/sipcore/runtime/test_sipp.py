@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.sipcore.runtime.support import run_sipp, scenario, start_node
+from tests.support.processes import wait_for
 
 
 def assert_all_succeeded(result, calls):
@@ -94,6 +95,26 @@ def test_without_ack_the_486_is_retransmitted_per_timer_g_until_timer_h(sip_node
     assert result.counts["2_486_Retrans"] == "8", result.counts
     assert sip_node.metric("sip_retransmissions_total", status="486") - before == 8
     time.sleep(0.3)
+    assert sip_node.metric("sip_transactions", kind="invite_server") == 0
+
+
+def test_a_2xx_never_acked_is_retransmitted_until_64_t1_then_the_node_sends_bye(sip_node, tmp_path):
+    # RFC 3261 §13.3.1.4. T1 = 50 ms, T2 = 500 ms: the 200 goes again at 0.05, 0.15, 0.35, 0.75,
+    # 1.25, 1.75, 2.25, 2.75 s; at 64*T1 = 3.2 s the node gives up on the ACK and sends BYE.
+    byes_before = sip_node.metric("sip_messages_out_total", method="BYE")
+    result = run_sipp(
+        sip_node.address, tmp_path, "-sf", scenario("invite_noack_bye"), "-m", "1", "-s", "answer"
+    )
+    assert_all_succeeded(result, 1)
+    assert result.counts["3_200_Recv"] == "1"
+    assert result.counts["3_200_Retrans"] == "8", result.counts
+    assert result.counts["4_BYE_Recv"] == "1"
+    assert sip_node.metric("sip_messages_out_total", method="BYE") - byes_before == 1  # SIPp's 200 stops it
+    wait_for(
+        lambda: sip_node.metric("sip_transactions", kind="non_invite_client") == 0,
+        timeout=5,
+        what="the BYE's client transaction to end",
+    )
     assert sip_node.metric("sip_transactions", kind="invite_server") == 0
 
 
