@@ -15,6 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+from sipcore.dialog import uac_bye
 from sipcore.dialplan import DialPlan
 from sipcore.layer import TransactionLayer
 from sipcore.sip import (
@@ -25,6 +26,7 @@ from sipcore.sip import (
     SipUri,
     Timings,
     Transaction,
+    make_cancel,
     new_branch,
     new_tag,
     parse_uri,
@@ -118,17 +120,42 @@ class Endpoint:
         return await self.send(request, transport, target.address)
 
     async def send(self, request: Request, transport: Transport, destination: tuple[str, int]) -> Response:
-        """Run ``request`` in a client transaction; the final response."""
+        """Run ``request`` in a client transaction; the final response.
+
+        For an INVITE: each 2xx is ACKed (§13.2.2.4); a 2xx from another fork
+        than the first final response's is ACKed and its dialog ended with BYE
+        (§13.2.2.4), once per fork; when the Proceeding guard (Timer C) fires,
+        the INVITE is cancelled (§9.1, §16.8) and its final response, normally
+        487, is what this returns.
+        """
         loop = self.layer.loop
         final: asyncio.Future[Response] = loop.create_future()
+        invite = request.method == "INVITE"
+        first_final_tag: list[str | None] = []  # the To tag of the first final, once there is one
+        ended_forks: set[str | None] = set()
 
         def on_response(tx: Transaction, response: Response) -> None:
-            if response.status_code >= 200 and not final.done():
+            if response.status_code < 200:
+                return
+            if not final.done():
                 final.set_result(response)
-            if response.status_code // 100 == 2 and request.method == "INVITE":
+            if not first_final_tag:
+                first_final_tag.append(response.to_tag)
+            if invite and response.status_code // 100 == 2:
                 self._ack_2xx(request, response, transport, destination)
+                tag = response.to_tag
+                if tag != first_final_tag[0] and tag not in ended_forks:
+                    ended_forks.add(tag)
+                    bye = uac_bye(request, response, transport.protocol, transport.local)
+                    self.layer.create_client_transaction(bye, transport, destination, self.layer.clock())
 
         def on_error(tx: Transaction, failure: Failure) -> None:
+            if invite and not tx.terminated:
+                # The Proceeding guard fired: the transaction stays to take (and ACK) the final
+                # response the CANCEL brings, for at most 64*T1 more (§9.1).
+                cancel = make_cancel(request)
+                self.layer.create_client_transaction(cancel, transport, destination, self.layer.clock())
+                return
             if not final.done():
                 final.set_exception(RequestFailed(failure))
 
@@ -171,6 +198,9 @@ async def client_endpoint(
     try:
         yield Endpoint(layer)
     finally:
+        # The step that gave the final response queued its ACK (§17.1.1.3) for the layer's next
+        # flush, one loop turn after the caller woke: let it go out before the sockets close.
+        await asyncio.sleep(0)
         for transport in transports:
             transport.close()
         layer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
@@ -21,11 +22,13 @@ FAST = Timings(t1=0.05, t2=0.5, t4=0.5)
 class SippUas:
     """SIPp as a UAS for one call, in the background; its per-message counts when done."""
 
-    def __init__(self, tmp_path: Path, scenario: str, pause_ms: int = 0):
+    def __init__(self, tmp_path: Path, scenario: str, pause_ms: int = 0, **fill: str):
         self.port = free_udp_tcp_port()
         self.dir = tmp_path / f"uas-{self.port}"
         self.dir.mkdir()
         xml = (SCENARIOS / f"{scenario}.xml").read_text().replace("PAUSE", str(pause_ms))
+        for placeholder, text in fill.items():
+            xml = xml.replace(placeholder, text)
         (self.dir / "scenario.xml").write_text(xml)
         assert SIPP, "sipp is not installed (apt-get install sip-tester)"
         self.process = subprocess.Popen(
@@ -42,14 +45,19 @@ class SippUas:
         return _last_row(files[-1])
 
 
-def request(uri: str, method: str = "OPTIONS"):
+def request(uri: str, method: str = "OPTIONS", timings: Timings = FAST, linger: float = 0.0):
+    """The final response (or RequestFailed) and how long it took; ``linger``: seconds the
+    endpoint stays open after it, to take what else comes (other forks)."""
+
     async def send():
-        async with client_endpoint(timings=FAST) as endpoint:
+        async with client_endpoint(timings=timings) as endpoint:
             started = time.monotonic()
             try:
-                return await endpoint.request(method, uri), time.monotonic() - started
+                result = await endpoint.request(method, uri), time.monotonic() - started
             except RequestFailed as exc:
-                return exc, time.monotonic() - started
+                result = exc, time.monotonic() - started
+            await asyncio.sleep(linger)
+            return result
 
     return asyncio.run(send())
 
@@ -70,6 +78,34 @@ def test_request_is_retransmitted_per_timer_e_while_the_uas_delays(tmp_path):
     assert response.status_code == 200
     assert 0.35 < elapsed < 3.0
     assert uas.counts()["0_OPTIONS_Retrans"] == "3"
+
+
+def test_when_the_proceeding_guard_fires_the_invite_is_cancelled_and_the_487_acked(tmp_path):
+    """RFC 3261 §16.8/§9.1: Timer C's outcome is a CANCEL; the request returns the 487."""
+    uas = SippUas(tmp_path, "uas_ring_until_cancel")
+    guard = dataclasses.replace(FAST, proceeding_guard=1.0)
+    response, elapsed = request(f"sip:uas@127.0.0.1:{uas.port}", "INVITE", guard)
+    assert not isinstance(response, RequestFailed), response
+    assert response.status_code == 487
+    assert 1.0 <= elapsed < 5.0
+    counts = uas.counts()
+    assert uas.process.returncode == 0, counts
+    assert counts["2_CANCEL_Recv"] == "1"
+    assert counts["5_ACK_Recv"] == "1"
+
+
+@pytest.mark.parametrize("first", ["200 OK", "486 Busy Here"])
+def test_a_2xx_from_another_fork_after_the_first_final_is_acked_and_ended_with_bye(tmp_path, first):
+    """§13.2.2.4: every 2xx is ACKed; a dialog other than the first final's gets a BYE, once."""
+    uas = SippUas(tmp_path, "uas_forks", FIRST=first)
+    response, _ = request(f"sip:uas@127.0.0.1:{uas.port}", "INVITE", linger=1.0)
+    assert not isinstance(response, RequestFailed), response
+    assert (response.status_code, response.to_tag) == (int(first[:3]), "fork1")
+    counts = uas.counts()
+    assert uas.process.returncode == 0, counts  # the To tag checks passed, no second BYE came
+    assert counts["2_ACK_Recv"] == "1"
+    assert counts["4_ACK_Recv"] == "1"
+    assert counts["5_BYE_Recv"] == "1"
 
 
 def test_timer_f_ends_a_request_the_uas_never_answers(tmp_path):
