@@ -45,9 +45,9 @@ action's, then the state change):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from sipcore.sip.builders import make_ack, make_response
 from sipcore.sip.errors import (
@@ -57,6 +57,7 @@ from sipcore.sip.errors import (
     TransactionMismatchError,
 )
 from sipcore.sip.keys import TransactionKey, default_port
+from sipcore.sip.limits import ParserLimits
 from sipcore.sip.message import Request, Response, parse_message
 from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot, check_snapshot_data
 from sipcore.sip.timers import RELIABLE_TRANSPORTS, Timer, Timings, TransportInfo, check_clock
@@ -183,6 +184,16 @@ class Outgoing:
 
 
 @dataclass(frozen=True, slots=True)
+class _ViaRoute:
+    """What a compacted server transaction keeps of the top Via to address its responses."""
+
+    maddr: str | None
+    port: int
+    rport: bool
+    received: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """A timeout or a transport error, as the TU hears of it."""
 
@@ -191,6 +202,7 @@ class Failure:
 
 
 TransactionT = TypeVar("TransactionT", bound="Transaction")
+MessageT = TypeVar("MessageT", Request, Response)
 # An action is an unbound method of the machine's class: (tx, now, event data).
 Action = Callable[[Any, float, object], None]
 Handler = Action  # the name earlier versions used
@@ -303,8 +315,10 @@ class Transaction:
         """Adopt messages nobody else holds (copied or freshly parsed)."""
         self._request = request
         self._request_wire = request_wire
+        self._method = request.method
         self._last_response = last_response
         self._response_wire = response_wire
+        self._via_route: _ViaRoute | None = None  # set when compacted
         self.transport = transport
         self.timings = timings
         self.state = state
@@ -341,17 +355,74 @@ class Transaction:
     def _start(self, now: float) -> None:
         """What a new transaction does first (send the request, arm timers)."""
 
+    # --- messages: objects, or only their bytes once compacted ---
+
+    @property
+    def _request(self) -> Request:
+        request = self._request_object
+        if request is None:  # compacted: parsed again from the bytes kept (a rare read)
+            assert self._request_wire is not None
+            return _parse_own(self._request_wire, Request)
+        return request
+
+    @_request.setter
+    def _request(self, request: Request) -> None:
+        self._request_object: Request | None = request
+
+    @property
+    def _last_response(self) -> Response | None:
+        response = self._response_object
+        if response is None and self._response_wire is not None and self._request_object is None:
+            return _parse_own(self._response_wire, Response)  # compacted
+        return response
+
+    @_last_response.setter
+    def _last_response(self, response: Response | None) -> None:
+        self._response_object: Response | None = response
+
+    @property
+    def compacted(self) -> bool:
+        """True once only the messages' bytes are kept (see ``_compact``)."""
+        return self._request_object is None
+
+    def _compact(self) -> None:
+        """Keep the request and the last response as bytes only.
+
+        A transaction that has nothing left to do but resend its final response
+        and absorb retransmissions (a non-INVITE server transaction in Completed,
+        RFC 3261 §17.2.2) needs its key, its method, the response's bytes and
+        where they go; the parsed messages (lines, matches, typed values) are
+        several times larger than their bytes. Reads of ``request`` and
+        ``last_response``, a snapshot and a resend work from the bytes.
+        """
+        request, response = self._request_object, self._response_object
+        if request is None:
+            return
+        if self._request_wire is None:
+            self._request_wire = bytes(request)
+        if response is not None and self._response_wire is None:
+            self._response_wire = bytes(response)
+        via = request.top_via
+        if via is not None:
+            port = via.port if via.port is not None else default_port(via.transport)
+            self._via_route = _ViaRoute(via.maddr, port, via.rport is not None, via.received)
+        self._request_object = self._response_object = None
+
     # --- public API ---
 
     @property
     def request(self) -> Request:
         """The request (a copy: changing it changes nothing here)."""
-        return self._request.copy()
+        if self._request_object is None:
+            return self._request  # compacted: freshly parsed, nobody else holds it
+        return self._request_object.copy()
 
     @property
     def last_response(self) -> Response | None:
         """The last response sent (server) or received (client), as a copy."""
-        return None if self._last_response is None else self._last_response.copy()
+        if self._response_object is None:
+            return self._last_response  # none, or compacted: freshly parsed
+        return self._response_object.copy()
 
     def on_state_changed(self, fn: Callable[..., object]) -> Callable[..., object]:
         self._callbacks.state_changed.append(fn)
@@ -836,24 +907,25 @@ class _ServerTransaction(Transaction):
             raise TransactionMismatchError(
                 f"{message.method} with branch {message.branch!r} does not match {self.key}"
             )
-        if message.method != self._request.method:
-            raise TransactionMismatchError(
-                f"{message.method} does not match a {self._request.method} transaction"
-            )
+        if message.method != self._method:
+            raise TransactionMismatchError(f"{message.method} does not match a {self._method} transaction")
         return Event.REQUEST
 
     def response_destination(self) -> tuple[str, int]:
         """Where responses go (RFC 3261 §18.2.2, RFC 3581 for rport)."""
         if self.transport.reliable:
             return self.transport.remote  # back on the connection the request came in on
-        via = self._request.top_via
-        assert via is not None
-        port = via.port if via.port is not None else default_port(via.transport)
-        if via.maddr:
-            return (via.maddr, port)
-        if via.rport is not None:
+        route = self._via_route
+        if route is None:
+            via = self._request.top_via
+            assert via is not None
+            port = via.port if via.port is not None else default_port(via.transport)
+            route = _ViaRoute(via.maddr, port, via.rport is not None, via.received)
+        if route.maddr:
+            return (route.maddr, route.port)
+        if route.rport:
             return self.transport.remote  # source address and port of the request
-        return (via.received or self.transport.remote[0], port)
+        return (route.received or self.transport.remote[0], route.port)
 
     def _send(self, response: Response) -> None:
         """Send ``response`` (the transaction's own copy) and keep it as the last one."""
@@ -973,6 +1045,7 @@ class NonInviteServerTransaction(_ServerTransaction):
         self._send_given(now, response)
         # Timer J is zero on reliable transports (§17.2.2).
         self._arm("J", 0.0 if self.transport.reliable else self.timings.transaction_timeout, now)
+        self._compact()  # §17.2.2: from now on it only resends this response
 
     S, E, T = TransactionState, Event, Transition
     _provisional = _ServerTransaction._send_given
@@ -1090,6 +1163,8 @@ def restore_transaction(snapshot: TransactionSnapshot, transport: TransportInfo 
         request_wire=snapshot.request,
         response_wire=snapshot.last_response,
     )
+    if cls is NonInviteServerTransaction and state is TransactionState.COMPLETED:
+        tx._compact()
     return tx
 
 
@@ -1132,6 +1207,18 @@ def _check_shape(
             f"state {state.value} needs timer {', '.join(missing)}, which is not running (it runs {options})"
         )
     raise InvalidSnapshotError(f"state {state.value} runs timer {options}, not {', '.join(sorted(timers))}")
+
+
+# The bytes of a message this transaction held and serialized itself: they
+# parsed (or were built through checked adds) once, perhaps under larger limits
+# than the defaults, so they are read back without limits of their own.
+_OWN_LIMITS: Final = ParserLimits(**{item.name: 2**31 - 1 for item in fields(ParserLimits)})
+
+
+def _parse_own(data: bytes, expected: type[MessageT]) -> MessageT:
+    message = parse_message(data, limits=_OWN_LIMITS)
+    assert isinstance(message, expected)
+    return message
 
 
 def _parse(data: bytes, what: str, expected: type) -> Any:
