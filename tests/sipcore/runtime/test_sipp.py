@@ -98,16 +98,29 @@ def test_without_ack_the_486_is_retransmitted_per_timer_g_until_timer_h(sip_node
     assert sip_node.metric("sip_transactions", kind="invite_server") == 0
 
 
-def test_a_2xx_never_acked_is_retransmitted_until_64_t1_then_the_node_sends_bye(sip_node, tmp_path):
-    # RFC 3261 §13.3.1.4. T1 = 50 ms, T2 = 500 ms: the 200 goes again at 0.05, 0.15, 0.35, 0.75,
-    # 1.25, 1.75, 2.25, 2.75 s; at 64*T1 = 3.2 s the node gives up on the ACK and sends BYE.
+@pytest.mark.parametrize(("transport", "retransmissions"), [("u1", "8"), ("t1", "0")])
+def test_a_2xx_never_acked_is_retransmitted_until_64_t1_then_the_node_sends_bye(
+    sip_node, tmp_path, transport, retransmissions
+):
+    # RFC 3261 §13.3.1.4. T1 = 50 ms, T2 = 500 ms: on UDP the 200 goes again at 0.05, 0.15, 0.35,
+    # 0.75, 1.25, 1.75, 2.25, 2.75 s (on TCP never); at 64*T1 = 3.2 s the node gives up on the
+    # ACK and sends BYE (on TCP over the connection the INVITE came on).
     byes_before = sip_node.metric("sip_messages_out_total", method="BYE")
     result = run_sipp(
-        sip_node.address, tmp_path, "-sf", scenario("invite_noack_bye"), "-m", "1", "-s", "answer"
+        sip_node.address,
+        tmp_path,
+        "-sf",
+        scenario("invite_noack_bye"),
+        "-t",
+        transport,
+        "-m",
+        "1",
+        "-s",
+        "answer",
     )
     assert_all_succeeded(result, 1)
     assert result.counts["3_200_Recv"] == "1"
-    assert result.counts["3_200_Retrans"] == "8", result.counts
+    assert result.counts["3_200_Retrans"] == retransmissions, result.counts
     assert result.counts["4_BYE_Recv"] == "1"
     assert sip_node.metric("sip_messages_out_total", method="BYE") - byes_before == 1  # SIPp's 200 stops it
     wait_for(
