@@ -103,13 +103,14 @@ class Headers:
     Lookups go through an index (lookup key -> values) built on first use.
     """
 
-    __slots__ = ("_index", "_lines", "_seeds", "_shared", "_typed")
+    __slots__ = ("_index", "_lines", "_memo", "_seeds", "_shared", "_typed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()):
         self._lines: list[str] = []
         self._seeds: dict[str, Any] = {}
         self._typed: dict[str, Any] = {}
         self._index: dict[str, list[str]] | None = None
+        self._memo: dict[str, Any] = {}  # values read off the lines (branch, tags); new on mutation
         self._shared = False
         for name, value in fields:
             self.add(name, value)
@@ -121,6 +122,7 @@ class Headers:
         headers._seeds = seeds
         headers._typed = {}
         headers._index = None
+        headers._memo = {}
         headers._shared = False
         return headers
 
@@ -190,6 +192,7 @@ class Headers:
             self._typed = dict(self._typed)
             self._shared = False
         self._index = None
+        self._memo = {}  # a new dict: a copy may still share the old one
 
     def add(self, name: str, value: str) -> None:
         """Append a header line. Known headers are checked (ParseError if malformed)."""
@@ -236,7 +239,7 @@ class Headers:
     def copy(self) -> Headers:
         copied = Headers.__new__(Headers)
         copied._lines, copied._seeds, copied._typed = self._lines, self._seeds, self._typed
-        copied._index = self._index
+        copied._index, copied._memo = self._index, self._memo
         copied._shared = self._shared = True
         return copied
 
@@ -282,14 +285,20 @@ class Message:
     @property
     def branch(self) -> str | None:
         """The top Via's branch parameter: what transaction matching reads (RFC 3261 §17.2.3)."""
-        seeds = self.headers._seeds.get("via")
-        if not seeds:
-            return None
-        params = seeds[0][6]
-        branch = _param_of(params, ";branch=")
-        if branch is not None or "branch" not in params.lower():
+        headers = self.headers
+        branch: str | None = headers._memo.get("branch", _UNBUILT)
+        if branch is not _UNBUILT:
             return branch
-        return via_of(seeds[0]).branch  # spelled with spaces or in another case: parse it
+        seeds = headers._seeds.get("via")
+        if not seeds:
+            branch = None
+        else:
+            params = seeds[0][6]
+            branch = _param_of(params, ";branch=")
+            if branch is None and "branch" in params.lower():
+                branch = via_of(seeds[0]).branch  # spelled with spaces or in another case: parse it
+        headers._memo["branch"] = branch
+        return branch
 
     @property
     def sent_by(self) -> tuple[str, int | None] | None:
@@ -407,16 +416,21 @@ def _param_of(params: str, marker: str) -> str | None:
 
 def _tag(headers: Headers, key: str) -> str | None:
     """The tag of From or To, without building the whole address when it is plain."""
+    memo = headers._memo
+    tag: str | None = memo.get(key, _UNBUILT)
+    if tag is not _UNBUILT:
+        return tag
     address = headers._typed.get(key)
     if address is not None:
-        return address.tag  # type: ignore[no-any-return]
-    m = headers._seeds.get(key)
-    if m is None:
-        return None
-    tag = _param_of(m[4], ";tag=")
-    if tag is not None or "tag" not in m[4].lower():
-        return tag
-    return headers.typed(key).tag  # type: ignore[no-any-return]
+        tag = address.tag
+    elif (m := headers._seeds.get(key)) is None:
+        tag = None
+    else:
+        tag = _param_of(m[4], ";tag=")
+        if tag is None and "tag" in m[4].lower():
+            tag = headers.typed(key).tag
+    memo[key] = tag
+    return tag
 
 
 class Request(Message):

@@ -871,10 +871,24 @@ class _ServerTransaction(Transaction):
             problems.append("top Via")
         if response.call_id != request.call_id:
             problems.append("Call-ID")
-        if response.from_ != request.from_:
+        # Equal checked text is an equal value: the typed values are built only
+        # when the response spells a header otherwise (make_response copies them).
+        from_text, request_from_text = _seed_text(response, "from"), _seed_text(request, "from")
+        if (from_text is None or from_text != request_from_text) and response.from_ != request.from_:
             problems.append("From")
-        to, request_to = response.to, request.to
-        if to is None or request_to is None or to.uri != request_to.uri:
+        to_text, request_to_text = _seed_text(response, "to"), _seed_text(request, "to")
+        if to_text is not None and (
+            to_text == request_to_text
+            # The request's name-addr (no parameters: it ends with its URI's ">") with
+            # parameters added: the same URI, and no request To tag to compare (§8.2.6.2).
+            or (
+                request_to_text is not None
+                and request_to_text.endswith(">")
+                and to_text.startswith(request_to_text + ";")
+            )
+        ):
+            pass
+        elif (to := response.to) is None or (request_to := request.to) is None or to.uri != request_to.uri:
             problems.append("To")
         elif request_to.tag is not None and to.tag != request_to.tag:
             problems.append("To tag")
@@ -1219,6 +1233,12 @@ def _parse_own(data: bytes, expected: type[MessageT]) -> MessageT:
     message = parse_message(data, limits=_OWN_LIMITS)
     assert isinstance(message, expected)
     return message
+
+
+def _seed_text(message: Request | Response, key: str) -> str | None:
+    """The checked text of a single-valued known header, as the parser or ``Headers.add`` kept it."""
+    seed = message.headers._seeds.get(key)
+    return None if seed is None else str(seed[0])
 
 
 def _parse(data: bytes, what: str, expected: type) -> Any:

@@ -182,3 +182,18 @@ def test_copying_a_message_costs_the_same_however_many_headers_it_has():
 
     # Copy-on-write: a copy shares the header lines until one side changes them.
     assert allocated(large) < 2 * allocated(small) + 4096
+
+
+def test_values_read_off_the_headers_follow_every_change_and_never_leak_to_copies():
+    original = request()
+    assert (original.branch, original.to_tag, original.from_tag) == ("z9hG4bK74bf9", None, "9fxced76sl")
+    copied = original.copy()
+    copied.headers.set("Via", "SIP/2.0/UDP other.example.com;branch=z9hG4bKnew")
+    copied.headers.set("To", "Bob <sip:bob@biloxi.example.com>;tag=added")
+    copied.headers.remove("From")
+    copied.headers.add("From", "<sip:carol@chicago.example.com>;tag=carol")
+    assert (copied.branch, copied.to_tag, copied.from_tag) == ("z9hG4bKnew", "added", "carol")
+    assert (original.branch, original.to_tag, original.from_tag) == ("z9hG4bK74bf9", None, "9fxced76sl")
+    original.headers.set("Via", "SIP/2.0/UDP x.example.com;BRANCH=z9hG4bKupper")
+    assert original.branch == "z9hG4bKupper"
+    assert copied.branch == "z9hG4bKnew"

@@ -605,3 +605,34 @@ def test_a_failing_callback_does_not_hide_the_others():
     assert seen == [("Calling", "Completed")]
     assert tx.state is S.COMPLETED
     assert [first_line(out.message) for out in tx.drain_outgoing()] == [ACK_LINE]
+
+
+@pytest.mark.parametrize(
+    ("request_to", "response_to", "problem"),
+    [
+        ("<sip:bob@biloxi.example.com>", "<sip:bob@biloxi.example.com>;tag=1", None),
+        ("Bob <sip:bob@biloxi.example.com>", "Bob <sip:bob@biloxi.example.com>;tag=1;x=y", None),
+        ("Bob <sip:bob@biloxi.example.com>", '"Bob" <sip:bob@biloxi.example.com>;tag=1', None),
+        ("sip:bob@biloxi.example.com", "sip:bob@biloxi.example.com;tag=1", None),
+        ("<sip:bob@biloxi.example.com>", "<sip:bob@biloxi.example.com.evil>;tag=1", "To"),
+        ("<sip:bob@biloxi.example.com>", "<sip:bob@biloxi.example.co>;tag=1", "To"),
+        ("sip:bob@biloxi.example.com", "sip:bob@biloxi.example.com.evil;tag=1", "To"),
+        ("<sip:bob@biloxi.example.com>;tag=a", "<sip:bob@biloxi.example.com>;tag=b", "To tag"),
+        ("<sip:bob@biloxi.example.com>;tag=a", "<sip:bob@biloxi.example.com>;tag=a", None),
+    ],
+)
+def test_server_compares_the_responses_to_by_uri_and_tag_however_it_is_spelled(
+    request_to, response_to, problem
+):
+    req = request("OPTIONS")
+    req.headers.set("To", request_to)
+    tx = NonInviteServerTransaction(req, UDP, now=0.0)
+    answer = response(req, 200)
+    answer.headers.set("To", response_to)
+    if problem is None:
+        tx.send_response(answer, now=0.1)
+        assert tx.state is S.COMPLETED
+    else:
+        with pytest.raises(TransactionMismatchError, match=f"{problem} differ"):
+            tx.send_response(answer, now=0.1)
+        assert tx.state is S.TRYING
