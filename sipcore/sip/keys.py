@@ -72,6 +72,14 @@ class TransactionKey:
         An ACK maps to its INVITE's transaction; a CANCEL has its own (see
         :meth:`cancelled_by` for the INVITE it cancels).
         """
+        # The key is read off the headers once per change of them (the layer, the
+        # transaction and its retransmissions ask again); the method and the URI
+        # are the request's own attributes, so they are part of what is remembered.
+        memo = request.headers._memo
+        remembered = memo.get("server-key")
+        if remembered is not None and remembered[0] == request.method and remembered[1] == request.uri:
+            key: TransactionKey = remembered[2]
+            return key
         method = "INVITE" if request.method == "ACK" else request.method
         via_seeds = request.headers._seeds.get("via")
         if not via_seeds:
@@ -80,8 +88,11 @@ class TransactionKey:
         if is_rfc3261_branch(branch):
             top_via = via_seeds[0]  # groups: protocol, version, transport, host, port, params
             port = top_via[5] or default_port(top_via[3])
-            return cls("server", method, branch=branch or "", sent_by=f"{top_via[4].lower()}:{port}")
-        return cls("server", method, legacy=_rfc2543_digest(request, request.to_tag))
+            key = cls("server", method, branch=branch or "", sent_by=f"{top_via[4].lower()}:{port}")
+        else:
+            key = cls("server", method, legacy=_rfc2543_digest(request, request.to_tag))
+        memo["server-key"] = (request.method, request.uri, key)
+        return key
 
     @classmethod
     def server_keys_for(cls, request: Request) -> tuple[TransactionKey, ...]:

@@ -279,8 +279,13 @@ class Message:
         vias = headers._typed.get("via")
         if vias is not None:
             return vias[0] if vias else None
-        seeds = headers._seeds.get("via")
-        return via_of(seeds[0]) if seeds else None  # a proxy's key needs only the top one
+        top: Via | None = headers._memo.get("top-via")
+        if top is None:
+            seeds = headers._seeds.get("via")
+            if not seeds:
+                return None
+            top = headers._memo["top-via"] = via_of(seeds[0])  # a proxy's key needs only the top one
+        return top
 
     @property
     def branch(self) -> str | None:

@@ -183,3 +183,24 @@ def test_a_stored_rfc2543_transaction_of_schema_2_migrates_to_the_new_key():
     restored = restore_transaction(TransactionSnapshot.from_json(orjson.dumps(document)))
     assert restored.key == tx.key
     assert restored.snapshot() == tx.snapshot()
+
+
+def test_a_requests_key_follows_every_change_of_what_it_is_made_of():
+    message = request("OPTIONS")
+    first = TransactionKey.for_server(message)
+    assert TransactionKey.for_server(message) == first
+    message.headers.set("Via", "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKchanged")
+    assert TransactionKey.for_server(message).branch == "z9hG4bKchanged"
+    message.method = "INFO"
+    assert TransactionKey.for_server(message).method == "INFO"
+    assert message.top_via is not None
+    assert message.top_via.branch == "z9hG4bKchanged"
+
+    legacy = parse_message((DATA / "rfc4475" / "inv2543.dat").read_bytes())
+    before = TransactionKey.for_server(legacy)
+    legacy.uri = "sip:someone-else@example.com"  # the RFC 2543 key includes the Request-URI
+    assert TransactionKey.for_server(legacy) != before
+    copied = legacy.copy()
+    copied.headers.set("Call-ID", "other@example.com")
+    assert TransactionKey.for_server(copied) != TransactionKey.for_server(legacy)
+    assert TransactionKey.for_server(parse_message(bytes(legacy))) == TransactionKey.for_server(legacy)
