@@ -123,19 +123,15 @@ def check_request(request: Request, uri: Uri | None = None) -> tuple[int, str, l
 
 
 def _negotiation_headers(request: Request) -> tuple[list[str], list[str], str | None]:
-    """Require and Accept items and the first Content-Encoding, in one pass over the header lines."""
-    require: list[str] = []
-    accept: list[str] = []
-    encoding = None
-    for name, value in request.headers:
-        key = name.lower()
-        if key == "require":
-            require += _tokens([value])
-        elif key == "accept":
-            accept += _tokens([value])
-        elif key in ("content-encoding", "e") and encoding is None:
-            encoding = value.strip()
-    return require, accept, encoding
+    """Require and Accept items and the first Content-Encoding (through the headers' lookup
+    index, which the response built from this request reads too)."""
+    headers = request.headers
+    encoding = headers.get("Content-Encoding")
+    return (
+        _tokens(headers.get_all("Require")),
+        _tokens(headers.get_all("Accept")),
+        None if encoding is None else encoding.strip(),
+    )
 
 
 def _tokens(values: list[str]) -> list[str]:
