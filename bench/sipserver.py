@@ -345,6 +345,45 @@ def in_process(calls: int, repeats: int = 5) -> dict[str, float]:
     return results
 
 
+def completed_transaction_bytes(count: int = 2000) -> float:
+    """Bytes retained per non-INVITE server transaction in Completed (OPTIONS answered
+    200 through make_response, as the UAS core does), measured with tracemalloc."""
+    import gc
+    import tracemalloc
+
+    sys.path.insert(0, str(ROOT))
+    from sipcore.sip import NonInviteServerTransaction, Response, TransportInfo, make_response, parse_message
+
+    info = TransportInfo("UDP", False, ("127.0.0.1", 5060), ("127.0.0.1", 5070))
+    datagrams = [
+        (
+            f"OPTIONS sip:ping@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-{i}\r\n"
+            f"From: sipp <sip:sipp@127.0.0.1:5070>;tag={i}\r\nTo: <sip:ping@127.0.0.1:5060>\r\n"
+            f"Call-ID: {i}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContact: <sip:sipp@127.0.0.1:5070>\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        for i in range(count)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = []
+    for datagram in datagrams:
+        request = parse_message(datagram)
+        assert not isinstance(request, Response)
+        tx = NonInviteServerTransaction(request, info, now=0.0)
+        tx.send_response(
+            make_response(request, 200, headers=[("Allow", "INVITE, ACK, CANCEL, OPTIONS, BYE")]), 0.0
+        )
+        tx.drain_outgoing()
+        kept.append(tx)
+    del request, tx
+    gc.collect()
+    retained = (tracemalloc.get_traced_memory()[0] - before) / count
+    tracemalloc.stop()
+    return retained
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=30000, help="calls per run")
@@ -389,6 +428,9 @@ def main() -> int:
     figures = in_process(5000)
     print(f"\ncallops in-process (no sockets, median of 5 x 5,000): OPTIONS {figures['options']:.0f} us CPU/tx, "
           f"INVITE->486->ACK {figures['invite_busy']:.0f} us CPU/tx")  # fmt: skip
+    retained = completed_transaction_bytes()
+    print(f"\ncallops: {retained:,.0f} bytes retained per non-INVITE server transaction in Completed "
+          f"(x 6,000/s x Timer J 32 s = {retained * 6000 * 32 / 1e9:.2f} GB)")  # fmt: skip
     p99, live = lateness_p99(2000)
     print(f"\ncallops x1: timer lateness p99 {p99 * 1000:.1f} ms (histogram bucket bound) with "
           f"{live:.0f} INVITE server transactions live after 2,000 unACKed 486s")  # fmt: skip
