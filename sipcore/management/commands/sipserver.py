@@ -52,6 +52,13 @@ def peer_prober(endpoint: Endpoint, refresh: float) -> PeerProber:
     return PeerProber(endpoint, load, record, refresh=refresh)
 
 
+# Options each child of --processes gets as its parent was given them.
+FORWARDED_OPTIONS = (
+    "t1", "t2", "t4", "timer_c", "grace", "dialplan_refresh",
+    "tcp_idle_timeout", "tcp_max_connections", "max_transactions",
+)  # fmt: skip
+
+
 class Command(BaseCommand):
     help = "Run a SIP node (UDP and TCP) answering as the dial plan says."
 
@@ -147,24 +154,11 @@ class Command(BaseCommand):
                 "--reuse-port",
                 "--node-id",
                 f"{node_id}-{index}",
-                "--t1",
-                str(options["t1"]),
-                "--t2",
-                str(options["t2"]),
-                "--t4",
-                str(options["t4"]),
-                "--timer-c",
-                str(options["timer_c"]),
-                "--grace",
-                str(options["grace"]),
-                "--dialplan-refresh",
-                str(options["dialplan_refresh"]),
-                "--tcp-idle-timeout",
-                str(options["tcp_idle_timeout"]),
-                "--tcp-max-connections",
-                str(options["tcp_max_connections"]),
-                "--max-transactions",
-                str(options["max_transactions"]),
+                *(
+                    arg
+                    for name in FORWARDED_OPTIONS
+                    for arg in (f"--{name.replace('_', '-')}", str(options[name]))
+                ),
                 "--peers-refresh",  # one prober is enough
                 str(options["peers_refresh"] if index == 0 else 0),
                 "--metrics",
