@@ -23,8 +23,19 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 
 
 def database_url_for_children() -> str:
-    """A DATABASE_URL naming the database the tests are using right now (the test database)."""
+    """A DATABASE_URL naming the database the tests are using right now (the test database).
+
+    pytest-django creates the test database only when a collected test asks for one
+    (a ``django_db`` marker or the ``db`` fixture); a run of process tests alone would
+    otherwise hand the children the developer's own database.
+    """
     db = connection.settings_dict
+    if not Path(str(db["NAME"])).name.startswith("test_"):
+        raise RuntimeError(
+            f"refusing to start processes on database {db['NAME']!r}, which is not a test database: "
+            "this run collected no test that uses the database, so none was created; "
+            "add a database test to the selection (e.g. tests/callops/test_jobs.py)"
+        )
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
     user = db.get("USER") or ""

@@ -19,8 +19,8 @@ def node_env(django_db_setup, django_db_blocker) -> dict[str, str]:
     from sipcore.models import DialPlanRule
 
     with django_db_blocker.unblock():
+        env = child_environment(REDIS_URL=settings.REDIS_URL)  # refuses a database that is not the tests'
         DialPlanRule.seed()
-        env = child_environment(REDIS_URL=settings.REDIS_URL)
     return env
 
 
