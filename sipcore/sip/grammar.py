@@ -50,7 +50,7 @@ WORD: Final = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]++"
 QUOTED_STRING: Final = r'"(?:[ \t\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]++|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*+"'
 
 # IPv6reference = "[" IPv6address "]" (RFC 3261 §25.1, RFC 5118): by characters, with
-# at least one colon; the address itself is checked by ipaddress afterwards.
+# at least one colon; the address itself is checked by uri.is_ipv6_text afterwards.
 IPV6_REFERENCE: Final = r"\[[0-9A-Fa-f.]*+:[0-9A-Fa-f:.]*+\]"
 # IPv6address (RFC 3986 §3.2.2, the text forms of RFC 4291 §2.2), checked after a
 # match by characters (sipcore.sip.uri.is_ipv6_text): one branch per count of
