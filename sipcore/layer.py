@@ -235,7 +235,7 @@ class TransactionLayer:
         self._origins: dict[tuple[str | None, str | None, int, str], Transaction] = {}
         self._origin_of: dict[Transaction, tuple[str | None, str | None, int, str]] = {}
         self._transports: dict[tuple[str, Address], Transport] = {}
-        self._sent: dict[Transaction, set[int]] = {}
+        self._sent: dict[Transaction, int] = {}  # hash of the last bytes sent per transaction
         self._dirty: dict[Transaction, None] = {}
         # Datagrams that started recent server transactions (bounded, oldest out first).
         self._recent: dict[bytes, tuple[Transaction, Request]] = {}
@@ -602,13 +602,13 @@ class TransactionLayer:
     ) -> None:
         data = message.to_bytes()
         retransmission = False
-        if tx is not None:  # the same bytes again within one transaction: a retransmission
-            sent = self._sent.get(tx)
-            if sent is None:
-                sent = self._sent[tx] = set()
+        if tx is not None:
+            # A transaction resends only what it sent last (the request until a response
+            # comes, then the last response, or the ACK of a non-2xx final): the same
+            # bytes as the previous send of this transaction are a retransmission.
             digest = hash(data)
-            retransmission = digest in sent
-            sent.add(digest)
+            retransmission = self._sent.get(tx) == digest
+            self._sent[tx] = digest
         if type(message) is Request:
             method, status = message.method, None
         else:
@@ -629,7 +629,9 @@ class TransactionLayer:
         if self.metrics is not None:
             self.metrics.message_out(method, status, retransmission)
         try:
-            transport.send(data, destination, on_error=None if tx is None else self._send_failed(tx))
+            # A datagram send fails now or never (raised here); a stream send may fail later.
+            on_error = None if tx is None or transport.protocol == "UDP" else self._send_failed(tx)
+            transport.send(data, destination, on_error=on_error)
         except (OSError, ValueError) as exc:
             if tx is not None:
                 self._send_failed(tx)(exc)

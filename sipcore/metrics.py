@@ -1,8 +1,10 @@
 """Per-node Prometheus metrics, served on the node's own port (``sipserver --metrics``).
 
-Counters are cached per label set, so counting a message is a dict lookup and
-an increment. Live transactions by kind and state are counted when scraped,
-not on every change. Log lines about dropped or refused messages are rate
+Messages in and out are counted per message, so those counters are plain
+integers in a dict, turned into Prometheus counter families when scraped
+(counting is one dict lookup and an add, no lock, no label resolution). Live
+transactions by kind and state are also counted when scraped, not on every
+change. Log lines about dropped or refused messages are rate
 limited (a flood must not turn into a disk flood); the counters count all.
 """
 
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -36,19 +38,39 @@ class _LiveTransactions(Collector):
         yield family
 
 
+# Counter families kept as tallies: (name, help).
+_TALLIES: dict[str, tuple[str, str]] = {
+    "in": ("sip_messages_in", "SIP messages received"),
+    "out": ("sip_messages_out", "SIP messages sent"),
+    "re": ("sip_retransmissions", "Messages sent again (timer or retransmitted request)"),
+}
+MAX_LABEL_SETS = 2000  # peers choose methods: beyond this many, new methods count as "other"
+
+
+class _Tallies(Collector):
+    """Exports ``(family, method, status) -> count`` as counter families when scraped."""
+
+    def __init__(self, tallies: dict[tuple[str, str, int | None], int]):
+        self._tallies = tallies
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        snapshot = self._tallies.copy()  # one C-level copy under the GIL: the loop may be counting
+        families = {
+            kind: CounterMetricFamily(name, text, labels=["method", "status"])
+            for kind, (name, text) in _TALLIES.items()
+        }
+        for (kind, method, status), count in sorted(snapshot.items(), key=repr):
+            families[kind].add_metric([method, "" if status is None else str(status)], count)
+        yield from families.values()
+
+
 class NodeMetrics:
     def __init__(self, node_id: str, registry: CollectorRegistry | None = None):
         self.node_id = node_id
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self._in = Counter("sip_messages_in", "SIP messages received", ["method", "status"], registry=r)
-        self._out = Counter("sip_messages_out", "SIP messages sent", ["method", "status"], registry=r)
-        self._retransmissions = Counter(
-            "sip_retransmissions",
-            "Messages sent again (timer or retransmitted request)",
-            ["method", "status"],
-            registry=r,
-        )
+        self._tallies: dict[tuple[str, str, int | None], int] = {}
+        r.register(_Tallies(self._tallies))
         self._parse_errors = Counter(
             "sip_parse_errors", "Messages that failed to parse", ["status"], registry=r
         )
@@ -69,7 +91,6 @@ class NodeMetrics:
             registry=r,
         )
         self.durable = Gauge("sip_node_durable", "1 when transactions are stored before sending", registry=r)
-        self._cache: dict[tuple[str, str | None, int | None], Any] = {}
         self._tokens = LOG_LINES_PER_SECOND
         self._tokens_at = time.monotonic()
         self.suppressed_logs = 0
@@ -77,25 +98,29 @@ class NodeMetrics:
     def watch_transactions(self, source: Callable[[], Iterable[Any]]) -> None:
         self.registry.register(_LiveTransactions(source))
 
-    def _child(self, kind: str, counter: Counter, method: str | None, status: int | None) -> Any:
+    def _count(self, kind: str, method: str, status: int | None) -> None:
+        tallies = self._tallies
         key = (kind, method, status)
-        child = self._cache.get(key)
-        if child is None:
-            if len(self._cache) > 2000:  # peers choose methods: bound the label sets
-                method = "other"
-                key = (kind, method, status)
-                child = self._cache.get(key)
-            if child is None:
-                child = self._cache[key] = counter.labels(method or "", "" if status is None else str(status))
-        return child
+        count = tallies.get(key)
+        if count is None:
+            if len(tallies) >= MAX_LABEL_SETS:
+                key = (kind, "other", status)
+                count = tallies.get(key, 0)
+            else:
+                count = 0
+        tallies[key] = count + 1
 
     def message_in(self, method: str, status: int | None) -> None:
-        self._child("in", self._in, method, status).inc()
+        self._count("in", method, status)
 
     def message_out(self, method: str | None, status: int | None, retransmission: bool) -> None:
-        self._child("out", self._out, method, status).inc()
+        self._count("out", method or "", status)
         if retransmission:
-            self._child("re", self._retransmissions, method, status).inc()
+            self._count("re", method or "", status)
+
+    def count(self, kind: str, method: str, status: int | None = None) -> int:
+        """A tally's value (``kind``: in, out, re), as the next scrape will show it."""
+        return self._tallies.get((kind, method, status), 0)
 
     def parse_error(self, status: int) -> None:
         self._parse_errors.labels(str(status)).inc()

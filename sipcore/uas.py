@@ -44,6 +44,9 @@ ACCEPTED_TYPES = ("application/sdp",)
 ACCEPT = ", ".join(ACCEPTED_TYPES)
 SUPPORTED: tuple[str, ...] = ()  # no extensions (no 100rel, timer, replaces)
 SUPPORTED_SCHEMES = ("sip", "sips", "tel")
+# §11.2: what an OPTIONS answer advertises.
+SUPPORTED_VALUE = ", ".join(SUPPORTED)
+OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED_VALUE))
 # RFC 3261 §21.5.2: a method nobody here recognises is 501; a known one we do not serve is 405.
 KNOWN_METHODS = frozenset(
     {
@@ -239,7 +242,7 @@ class Call:
             status,
             rule.reason,
             now,
-            headers=[("Contact", contact), ("Allow", ALLOW), ("Supported", ", ".join(SUPPORTED))],
+            headers=[("Contact", contact), ("Allow", ALLOW), ("Supported", SUPPORTED_VALUE)],
             body=sdp_answer(int(now), host),
             content_type="application/sdp",
         )
@@ -465,9 +468,7 @@ class UasCore:
         return None
 
     def _options_answer(self, request: Request) -> Response:  # §11.2
-        return make_response(
-            request, 200, headers=[("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", ", ".join(SUPPORTED))]
-        )
+        return make_response(request, 200, headers=OPTIONS_HEADERS)
 
     def _refuse(
         self, request: Request, source: Source, status: int, reason: str, headers: list[tuple[str, str]]
