@@ -1,0 +1,873 @@
+"""The durable transaction store: Redis, fenced group commit, leases, adoption.
+
+DESIGN.md, "Persistence and ownership". One :class:`RedisTransactionStore` is
+one node (``node_id``); the transaction layer hands it, once per loop turn, the
+transactions that changed (``commit``) and sends their messages only when it
+has answered (store before send).
+
+Keys (Redis Cluster ready: every script touches the keys of one hash tag)
+-------------------------------------------------------------------------
+A transaction's shard is ``crc32(txkey) % shards`` (stable across processes and
+versions). Every key of shard ``s`` carries the hash tag ``{sip:<s>}``:
+
+``{sip:<s>}:tx:<txkey>``  hash, one per live transaction:
+    ``s`` the snapshot (``TransactionSnapshot.to_json()``, deflated with a preset
+    dictionary, see :func:`pack_snapshot`), ``o`` owner node, ``i`` the owner's
+    incarnation (a random token per store instance), ``e`` epoch, ``v`` version,
+    ``d`` next deadline ("" for none), ``r`` released ("" no, "*" to anyone, or
+    the node id it was handed over to). It expires ``expire_grace`` seconds
+    after its last deadline (``idle_ttl`` after the write when no timer runs,
+    e.g. an INVITE server transaction waiting for its TU), and is deleted when
+    the transaction terminates, right after its final audit entry.
+``{sip:<s>}:timers``  sorted set, member txkey, score = next deadline (wall-clock
+    seconds): what the Celery sweep reads to serve orphans' timers. Members of
+    keys that expired stay behind until the sweep drops them (it must check the
+    hash exists).
+``{sip:<s>}:live``  sorted set, member txkey, score = when its hash expires: the
+    index behind :meth:`live_keys` and :meth:`owned_by` (no SCAN).
+``{sip:<s>}:audit``  stream, one entry per stored version (fields in
+    :data:`AUDIT_FIELDS`), trimmed with ``MAXLEN ~ audit_maxlen`` per shard.
+    The ingester must keep up within that window: at 3,000 INVITE->486->ACK/s,
+    about 4 versions each, over 16 shards, the default 20,000 entries per shard
+    hold some 25 s of history (~1.5 KB an entry: ~480 MB at most in all).
+``{sip:<s>}:lease:<node>``  string, the node's incarnation, TTL ``lease_ttl``
+    (3 s), renewed every second in every shard (one pipeline,
+    :meth:`renew_lease`), so a script can tell whether a transaction's owner is
+    alive with a GET on a key of its own slot. The scripts build that key from
+    the shard's tag (it depends on the stored owner, so it cannot be declared
+    beforehand); it always hashes to the script's slot.
+
+A node is the owner's live incarnation when ``GET lease == i``: a process that
+starts again with the same node id writes a new incarnation, so the
+transactions its previous process left (crashed, not released) are adoptable
+at once instead of after the lease the new process keeps renewing.
+
+Fencing (every write is one Lua script, atomic)
+-----------------------------------------------
+A write carries the epoch the writer holds; it is refused, and nothing of it
+lands (no hash change, no timer, no audit entry), when the stored epoch,
+owner or released flag says the writer no longer holds it. A transaction new
+to this node is created at epoch 1 only if its key does not exist; when it
+exists (another node, or an earlier process of this one, stored it) the write
+is refused: the layer must ``adopt`` it instead. Adoption bumps the epoch, so
+every later write of the previous owner is refused.
+
+Group commit
+------------
+``commit(changed, now)`` snapshots, encodes and compresses each changed
+transaction *synchronously* (the state of that loop turn), queues the writes
+and returns a future. One writer task sends everything queued as one pipeline
+of EVALSHA calls (one round trip; a cluster client splits it by slot) and,
+while it waits, the next turns' commits queue up behind it and go together in
+the next pipeline. So writes reach Redis in the order they were made, and a
+burst of turns costs one round trip per pipeline, not per turn.
+
+Lazy re-arm (``lazy_rearm``, on by default): a change whose only difference
+from the stored snapshot is that retransmission timers (A, E, G; RFC 3261
+§17.1.1.2, §17.1.2.2, §17.2.1) fired and were re-armed later is not written.
+A restore from the stored snapshot behaves the same: the same state, messages
+and timeouts (B, F, H... and the key's expiry are unchanged); its re-arm timer
+is due, so an adopter fires it once, retransmits (a retransmission the peer
+absorbs, §17.1.1.2) and re-arms from its own ``now``. ``release`` and
+``hand_over`` always write the latest state.
+
+Redis down
+----------
+A pipeline that fails (or takes longer than ``timeout``) marks the store not
+durable (:attr:`durable`); its commits resolve with nothing refused (calls must
+not fail because the store is down), and until Redis answers again commits
+resolve at once without trying it. Everything changed meanwhile is remembered;
+the lease task notices Redis is back and calls :meth:`resync`, which stores
+every live transaction again (a missing key is created with the epoch held).
+A lease renewal that finds its lease gone well before its TTL means Redis lost
+its data (a restart without persistence): everything is stored again too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import zlib
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+
+from sipcore.sip import Transaction, TransactionSnapshot, TransportInfo, restore_transaction
+
+log = logging.getLogger("sipcore.store")
+
+AsyncRedis = aioredis.Redis | RedisCluster
+
+DEFAULT_SHARDS: Final = 16
+LEASE_TTL: Final = 3.0  # seconds; DESIGN.md: at most 3 s
+LEASE_INTERVAL: Final = 1.0  # renewed every second
+EXPIRE_GRACE: Final = 5.0  # a stored transaction outlives its last deadline by this much
+IDLE_TTL: Final = 300.0  # a transaction with no running timer (waiting for its TU)
+AUDIT_MAXLEN: Final = 20_000  # per shard, approximate (XADD MAXLEN ~)
+COMMIT_TIMEOUT: Final = 0.5  # seconds a pipeline may take before the store calls itself not durable
+
+# The audit stream's fields: a contract with the ingester (keep these names).
+AUDIT_FIELDS: Final = ("k", "v", "e", "o", "kind", "st", "ev", "at", "snap", "end")
+
+# Timers whose firing only retransmits and re-arms (RFC 3261 §17.1.1.2 A, §17.1.2.2 E, §17.2.1 G).
+REARM_TIMERS: Final = frozenset({"A", "E", "G"})
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class StoreUnavailableError(StoreError):
+    """Redis did not answer: the operation did not happen (or may not have)."""
+
+
+class CorruptRecordError(StoreError, ValueError):
+    """A stored record that cannot be read back (its blob or fields are not ours)."""
+
+
+# --- snapshot packing ----------------------------------------------------------
+
+# A preset dictionary for deflate: the text every snapshot repeats (JSON field
+# names, SIP header names, SDP lines). Never change it in place: a new
+# dictionary gets a new format byte, and unpack keeps reading the old ones.
+_ZDICT_V1: Final = (
+    b'{"schema":3,"kind":"invite_server","state":"Completed","key":"s|z9hG4bK","version":'
+    b'"created":"updated":"transport":["UDP",false,["127.0.0.1",5060],["127.0.0.1",'
+    b'"timers":{"G":[,0.5],"H":[32.0],"request":"response":{"lines":["SIP/2.0 486 Busy Here",'
+    b'"Content-Type: application/sdp\\r\\nContent-Length: \\r\\n\\r\\n'
+    b"v=0\\r\\no=user1 53655765 2353687637 IN IP4 127.0.0.1\\r\\ns=-\\r\\nc=IN IP4 127.0.0.1\\r\\n"
+    b't=0 0\\r\\nm=audio 6000 RTP/AVP 0\\r\\na=rtpmap:0 PCMU/8000\\r\\n"'
+    b"Max-Forwards: 70\\r\\nSubject: Performance Test\\r\\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\\r\\n"
+    b"Contact: <sip:sipp@127.0.0.1:5061;transport=UDP>\\r\\n"
+    b"Call-ID: 1-1234@127.0.0.1\\r\\nCSeq: 1 INVITE\\r\\n"
+    b"INVITE sip:service@127.0.0.1:5060 SIP/2.0\\r\\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1-1-0"
+    b";received=127.0.0.1;rport\\r\\nFrom: sipp <sip:sipp@127.0.0.1:5061>;tag=1SIPpTag001\\r\\n"
+    b"To: <sip:service@127.0.0.1:5060>;tag=\\r\\n"
+)
+_FORMAT_V1: Final = b"\x01"
+MAX_SNAPSHOT_JSON: Final = 1 << 20  # what unpack inflates at most: a stored blob cannot balloon
+
+
+def pack_snapshot(snapshot_json: bytes) -> bytes:
+    """The stored form of a snapshot's JSON: a format byte, then raw deflate with
+    the preset dictionary (an INVITE server transaction in Completed, SDP
+    included, packs to about 450 bytes instead of ~1.4 KB)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
+    return _FORMAT_V1 + compressor.compress(snapshot_json) + compressor.flush()
+
+
+def unpack_snapshot(blob: bytes) -> bytes:
+    """The snapshot JSON back from :func:`pack_snapshot`'s output (bounded inflate)."""
+    if blob[:1] != _FORMAT_V1:
+        raise CorruptRecordError(f"unknown stored snapshot format {blob[:1]!r}")
+    inflater = zlib.decompressobj(-15, _ZDICT_V1)
+    try:
+        data = inflater.decompress(blob[1:], MAX_SNAPSHOT_JSON)
+    except zlib.error as exc:
+        raise CorruptRecordError(f"stored snapshot does not inflate: {exc}") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise CorruptRecordError("stored snapshot is truncated or larger than MAX_SNAPSHOT_JSON")
+    return data
+
+
+# --- keys ----------------------------------------------------------------------
+
+
+def shard_of(txkey: str, shards: int = DEFAULT_SHARDS) -> int:
+    """The shard of a transaction key: stable across processes (not ``hash()``)."""
+    return zlib.crc32(txkey.encode("utf-8", "surrogateescape")) % shards
+
+
+def shard_tag(shard: int) -> str:
+    return f"{{sip:{shard}}}"
+
+
+def tx_key(txkey: str, shards: int = DEFAULT_SHARDS) -> str:
+    return f"{shard_tag(shard_of(txkey, shards))}:tx:{txkey}"
+
+
+def timers_key(shard: int) -> str:
+    return f"{shard_tag(shard)}:timers"
+
+
+def live_key(shard: int) -> str:
+    return f"{shard_tag(shard)}:live"
+
+
+def audit_key(shard: int) -> str:
+    return f"{shard_tag(shard)}:audit"
+
+
+def lease_prefix(shard: int) -> str:
+    return f"{shard_tag(shard)}:lease:"
+
+
+def lease_key(shard: int, node_id: str) -> str:
+    return lease_prefix(shard) + node_id
+
+
+# --- scripts ---------------------------------------------------------------------
+
+# KEYS: tx, timers, live, audit.
+# ARGV: mode, node, incarnation, epoch, version, blob, deadline, ttl_ms, live_score,
+#       end, maxlen, txkey, kind, state, event, at, snap, released.
+# mode "c": create at epoch 1 if the key does not exist (or is this incarnation's own
+#           create, already applied); "w": write with the epoch held; "s": resync, as "w"
+#           but a missing key is created again with the epoch held (Redis lost it).
+# Returns {1, epoch} stored (or nothing new to store), {0, reason, stored epoch, owner} refused.
+COMMIT_LUA: Final = """
+local mode, node, inc = ARGV[1], ARGV[2], ARGV[3]
+local epoch, version = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cur = redis.call('HMGET', KEYS[1], 'e', 'o', 'i', 'v', 'r')
+local ce, co, ci, cv, cr = tonumber(cur[1]), cur[2], cur[3], tonumber(cur[4]), cur[5]
+if ce == nil then
+  if mode == 'w' then return {0, 'missing', 0, ''} end
+  if mode == 'c' then epoch = 1 end
+  cv = -1
+else
+  if mode == 'c' and not (co == node and ci == inc and ce == 1) then
+    return {0, 'exists', ce, co}
+  end
+  if ce ~= epoch or co ~= node or (cr and cr ~= '') then
+    return {0, 'fenced', ce, co}
+  end
+end
+local released = ARGV[18]
+if version <= cv then
+  if released ~= '' then redis.call('HSET', KEYS[1], 'r', released) end
+  return {1, epoch}
+end
+local txkey = ARGV[12]
+if ARGV[10] == '1' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'k', txkey, 'v', ARGV[5], 'e', epoch,
+    'o', node, 'kind', ARGV[13], 'st', ARGV[14], 'ev', ARGV[15], 'at', ARGV[16], 'snap', ARGV[17], 'end', '1')
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], txkey)
+  redis.call('ZREM', KEYS[3], txkey)
+  return {1, epoch}
+end
+redis.call('HSET', KEYS[1], 's', ARGV[6], 'o', node, 'i', inc, 'e', epoch, 'v', ARGV[5],
+  'd', ARGV[7], 'r', released)
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[7], txkey)
+else
+  redis.call('ZREM', KEYS[2], txkey)
+end
+redis.call('ZADD', KEYS[3], ARGV[9], txkey)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'k', txkey, 'v', ARGV[5], 'e', epoch,
+  'o', node, 'kind', ARGV[13], 'st', ARGV[14], 'ev', ARGV[15], 'at', ARGV[16], 'snap', ARGV[17], 'end', '0')
+return {1, epoch}
+"""
+
+# KEYS: tx.  ARGV: node, incarnation, lease prefix of the shard.
+# Takes the transaction when it was released to anyone or to this node, or when its
+# owner's incarnation no longer holds its lease (expired, or the node started again).
+# Returns {1, new epoch, blob} or {0, reason, owner, released}.
+ADOPT_LUA: Final = """
+local cur = redis.call('HMGET', KEYS[1], 'e', 'o', 'i', 'r', 's')
+if not cur[1] then return {0, 'missing', '', ''} end
+local owner, oinc, released = cur[2], cur[3], cur[4] or ''
+local alive = redis.call('GET', ARGV[3] .. owner) == oinc
+if not (released == '*' or released == ARGV[1] or not alive) then
+  return {0, 'owned', owner, released}
+end
+local epoch = tonumber(cur[1]) + 1
+redis.call('HSET', KEYS[1], 'e', epoch, 'o', ARGV[1], 'i', ARGV[2], 'r', '')
+return {1, epoch, cur[5]}
+"""
+
+
+# --- data ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTransaction:
+    """What :meth:`RedisTransactionStore.load` reads back, for inspection."""
+
+    txkey: str
+    snapshot: TransactionSnapshot
+    owner: str
+    incarnation: str
+    epoch: int
+    version: int
+    released: str  # "" not released, "*" to anyone, else the node it was handed over to
+    next_deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One queued EVALSHA of the commit script, prepared in the loop turn that made it."""
+
+    tx: Transaction
+    txkey: str
+    keys: tuple[str, str, str, str]
+    args: tuple[str | bytes | int, ...]
+    version: int
+    terminated: bool
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """The writes of one commit call and the future its caller awaits."""
+
+    writes: list[_Write]
+    future: asyncio.Future[set[Transaction]]
+
+
+# --- the store -------------------------------------------------------------------
+
+
+class RedisTransactionStore:
+    """The transactions of one node in Redis; see the module docstring.
+
+    ``client`` is a ``redis.asyncio.Redis`` or ``RedisCluster`` returning bytes
+    (``decode_responses=False``), ideally with short socket timeouts. Call
+    methods from one event loop. ``commit`` fits the layer's ``TransactionStore``
+    seam; run :meth:`run_leases` (or call :meth:`renew_lease` every second)
+    for as long as the node serves.
+    """
+
+    def __init__(
+        self,
+        client: AsyncRedis,
+        node_id: str,
+        *,
+        shards: int = DEFAULT_SHARDS,
+        lease_ttl: float = LEASE_TTL,
+        expire_grace: float = EXPIRE_GRACE,
+        idle_ttl: float = IDLE_TTL,
+        audit_maxlen: int = AUDIT_MAXLEN,
+        timeout: float = COMMIT_TIMEOUT,
+        lazy_rearm: bool = True,
+    ):
+        if not node_id or any(ch in node_id for ch in "{}*\r\n") or len(node_id) > 200:
+            raise ValueError(f"node id {node_id!r} must be 1-200 characters without braces, '*' or newlines")
+        if not 1 <= shards <= 16384:
+            raise ValueError(f"shards must be 1-16384, got {shards}")
+        if not 0 < lease_ttl <= LEASE_TTL:
+            raise ValueError(f"lease_ttl must be positive and at most {LEASE_TTL} s, got {lease_ttl}")
+        self.client = client
+        self.node_id = node_id
+        self.incarnation = secrets.token_hex(8)
+        self.shards = shards
+        self.lease_ttl = lease_ttl
+        self.expire_grace = expire_grace
+        self.idle_ttl = idle_ttl
+        self.audit_maxlen = audit_maxlen
+        self.timeout = timeout
+        self.lazy_rearm = lazy_rearm
+        self.durable = True
+        # What this node holds: txkey -> epoch, the live transaction, the last snapshot queued.
+        self._epochs: dict[str, int] = {}
+        self._held: dict[str, Transaction] = {}
+        self._stored: dict[str, TransactionSnapshot] = {}
+        # Changed while Redis was down (or in a failed pipeline): stored again by resync.
+        self._unsynced: dict[str, Transaction] = {}
+        self._queue: list[_Batch] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._shas: dict[str, str] = {}
+        self._last_renewal: float | None = None  # loop time of the last successful renewal
+        self._lease_task: asyncio.Task[None] | None = None
+        # Counters (the node's metrics read them).
+        self.refused_total = 0
+        self.skipped_rearms = 0
+        self.pipelines = 0
+        self.writes = 0
+
+    # --- what this node holds ---
+
+    def epoch_of(self, txkey: str) -> int | None:
+        """The epoch this node holds for ``txkey`` (None: not held)."""
+        return self._epochs.get(txkey)
+
+    def held(self) -> list[Transaction]:
+        """The live transactions this node holds, as it knows them."""
+        return list(self._held.values())
+
+    def forget(self, txkey: str) -> None:
+        """Stop tracking ``txkey`` locally (the layer dropped it); Redis is not touched."""
+        self._epochs.pop(txkey, None)
+        self._held.pop(txkey, None)
+        self._stored.pop(txkey, None)
+        self._unsynced.pop(txkey, None)
+
+    # --- commit ---
+
+    def commit(self, changed: Sequence[Transaction], now: float) -> Awaitable[set[Transaction]]:
+        """Store ``changed`` (one loop turn's changes); resolves to the ones refused.
+
+        The snapshots are taken now, in the caller's turn; the write goes in the
+        next pipeline. A refused transaction is fenced (another node holds it):
+        the caller drops it and sends nothing for it.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[set[Transaction]] = loop.create_future()
+        if not self.durable:
+            for tx in changed:
+                self._remember(tx)
+            future.set_result(set())
+            return future
+        writes = [write for tx in changed if (write := self._prepare(tx, now)) is not None]
+        if not writes:
+            future.set_result(set())
+            return future
+        self._enqueue(_Batch(writes, future))
+        return future
+
+    def _remember(self, tx: Transaction) -> None:
+        """Redis is down: note the change for resync, store nothing."""
+        txkey = str(tx.key)
+        self._epochs.setdefault(txkey, 1)
+        if tx.terminated:
+            self._held.pop(txkey, None)
+        else:
+            self._held[txkey] = tx
+        self._unsynced[txkey] = tx
+
+    def _prepare(
+        self, tx: Transaction, now: float, *, released: str = "", resync: bool = False
+    ) -> _Write | None:
+        txkey = str(tx.key)
+        epoch = self._epochs.get(txkey)
+        if epoch is None:
+            mode, epoch = "c", 1
+            self._epochs[txkey] = 1
+        elif resync or txkey in self._unsynced:
+            mode = "s"
+        else:
+            mode = "w"
+        snapshot = tx.snapshot()
+        stored = self._stored.get(txkey)
+        terminated = tx.terminated
+        if mode == "w" and not released and stored is not None:
+            if stored.version == snapshot.version:
+                return None  # nothing changed since the last write
+            if self.lazy_rearm and not terminated and _only_rearmed(stored, snapshot):
+                self.skipped_rearms += 1
+                return None
+        if terminated:
+            self._held.pop(txkey, None)
+            self._stored.pop(txkey, None)
+        else:
+            self._held[txkey] = tx
+            self._stored[txkey] = snapshot
+        snap_json = snapshot.to_json()
+        deadline = snapshot.next_deadline()
+        last = max((d for _, d, _ in snapshot.timers), default=None)
+        ttl = self.idle_ttl if last is None else max(last - now, 0.0) + self.expire_grace
+        shard = shard_of(txkey, self.shards)
+        tag = shard_tag(shard)
+        keys = (f"{tag}:tx:{txkey}", f"{tag}:timers", f"{tag}:live", f"{tag}:audit")
+        args = (
+            mode,
+            self.node_id,
+            self.incarnation,
+            epoch,
+            snapshot.version,
+            b"" if terminated else pack_snapshot(snap_json),
+            "" if deadline is None else repr(deadline),
+            max(1, int(ttl * 1000)),
+            repr(now + ttl),
+            "1" if terminated else "0",
+            self.audit_maxlen,
+            txkey,
+            snapshot.kind,
+            snapshot.state,
+            str(getattr(tx, "last_event", "") or ""),
+            repr(now),
+            snap_json,
+            released,
+        )
+        return _Write(tx, txkey, keys, args, snapshot.version, terminated)
+
+    def _enqueue(self, batch: _Batch) -> None:
+        self._queue.append(batch)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        """One pipeline at a time; what queued meanwhile goes together in the next."""
+        while self._queue:
+            batches, self._queue = self._queue, []
+            if not self.durable:
+                self._resolve_down(batches)
+                continue
+            writes = [write for batch in batches for write in batch.writes]
+            try:
+                results = await asyncio.wait_for(self._run_writes(writes), self.timeout)
+                refused_by_write = self._apply_results(writes, results)
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+                self._went_down(exc)
+                self._resolve_down(batches)
+                continue
+            except BaseException as exc:  # a bug, or cancellation: callers must not hang
+                for batch in batches:
+                    if not batch.future.done():
+                        batch.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("the transaction store failed to write %d transactions", len(writes))
+                continue
+            for batch in batches:
+                if not batch.future.done():
+                    batch.future.set_result({w.tx for w in batch.writes if id(w) in refused_by_write})
+
+    def _resolve_down(self, batches: list[_Batch]) -> None:
+        for batch in batches:
+            for write in batch.writes:
+                self._remember(write.tx)
+            if not batch.future.done():
+                batch.future.set_result(set())
+
+    def _apply_results(self, writes: list[_Write], results: list[Any]) -> set[int]:
+        refused: set[int] = set()
+        for write, result in zip(writes, results, strict=True):
+            if isinstance(result, Exception):
+                raise result  # a script error (not NOSCRIPT, handled below): a bug of ours
+            if int(result[0]) == 1:
+                unsynced = self._unsynced.get(write.txkey)
+                if unsynced is write.tx and (write.terminated or write.tx.version == write.version):
+                    del self._unsynced[write.txkey]  # stored as it is now
+                if write.terminated and write.txkey not in self._held:
+                    self._epochs.pop(write.txkey, None)
+                continue
+            refused.add(id(write))
+            self.refused_total += 1
+            reason = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+            log.info(
+                "sip transaction write refused",
+                extra={"event": "sip_store_refused", "txkey": write.txkey, "reason": reason},
+            )
+            self.forget(write.txkey)
+        self.pipelines += 1
+        self.writes += len(writes)
+        return refused
+
+    async def _run_writes(self, writes: list[_Write]) -> list[Any]:
+        sha = await self._sha("commit", COMMIT_LUA)
+        results: list[Any] = [None] * len(writes)
+        pending = list(range(len(writes)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for index in pending:
+                write = writes[index]
+                pipe.evalsha(sha, 4, *write.keys, *write.args)
+            out = await pipe.execute(raise_on_error=False)
+            missing = []
+            for index, result in zip(pending, out, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
+                    missing.append(index)  # Redis restarted (or a new cluster node): it did not run
+                else:
+                    results[index] = result
+            if not missing:
+                break
+            sha = await self._sha("commit", COMMIT_LUA, reload=True)
+            pending = missing
+        return results
+
+    async def _sha(self, name: str, source: str, *, reload: bool = False) -> str:
+        sha = self._shas.get(name)
+        if sha is None or reload:
+            sha = await self.client.script_load(source)  # a cluster client loads it on every primary
+            sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+            self._shas[name] = sha
+        return sha
+
+    async def _eval(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        sha = await self._sha(name, source)
+        try:
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            sha = await self._sha(name, source, reload=True)
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self.durable:
+            log.warning(
+                "the transaction store is not durable: %s",
+                exc or type(exc).__name__,
+                extra={"event": "sip_store_down"},
+            )
+        self.durable = False
+
+    # --- adoption, release, hand-over ---
+
+    async def adopt(self, txkey: str, transport_info: TransportInfo | None, now: float) -> Transaction | None:
+        """Take over ``txkey`` if its owner released it (to anyone or to this node) or
+        is dead; None if a live owner holds it, it does not exist, or Redis is down.
+
+        Atomic (one script): the epoch goes up by one, so the previous owner's
+        writes are refused from now on. The transaction is restored with this
+        node's ``transport_info`` and its timers that fell due while it was
+        stored fire, each once (``handle_timer(now)``). What that queued is not
+        sent yet: the caller commits the transaction first (store before send).
+        """
+        shard = shard_of(txkey, self.shards)
+        key = f"{shard_tag(shard)}:tx:{txkey}"
+        try:
+            result = await asyncio.wait_for(
+                self._eval("adopt", ADOPT_LUA, (key,), (self.node_id, self.incarnation, lease_prefix(shard))),
+                self.timeout,
+            )
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+            return None
+        if int(result[0]) != 1:
+            return None
+        epoch, blob = int(result[1]), result[2]
+        self._epochs[txkey] = epoch
+        try:
+            snapshot = TransactionSnapshot.from_json(unpack_snapshot(blob))
+            tx = restore_transaction(snapshot, transport_info)
+        except ValueError:
+            self.forget(txkey)
+            raise
+        self._held[txkey] = tx
+        self._stored[txkey] = snapshot
+        self._unsynced.pop(txkey, None)
+        tx.handle_timer(now)
+        return tx
+
+    async def release(self, txs: Iterable[Transaction], now: float, *, to: str = "*") -> set[Transaction]:
+        """Store each transaction's latest state and release it (to anyone, or to the
+        node ``to``), keeping its epoch; returns the refused ones. This node stops
+        holding them: it must not act on them any more (graceful stop, migration).
+        """
+        if to != "*" and (not to or any(ch in to for ch in "{}*\r\n")):
+            raise ValueError(f"cannot release to node id {to!r}")
+        txs = list(txs)
+        if not self.durable:
+            raise StoreUnavailableError("Redis is down: nothing can be released")
+        writes = [w for tx in txs if (w := self._prepare(tx, now, released=to)) is not None]
+        if not writes:
+            return set()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[set[Transaction]] = loop.create_future()
+        self._enqueue(_Batch(writes, future))
+        refused = await future
+        if not self.durable:
+            raise StoreUnavailableError("Redis went down while releasing")
+        for tx in txs:
+            self.forget(str(tx.key))
+        return refused
+
+    async def hand_over(self, txkey: str, target_node: str, now: float) -> bool:
+        """Release the held transaction ``txkey`` to ``target_node`` only: while this
+        node's lease lives, only the target may adopt it (if this node dies,
+        anyone may). False if this node does not hold it or the write was refused."""
+        tx = self._held.get(txkey)
+        if tx is None:
+            return False
+        refused = await self.release([tx], now, to=target_node)
+        return not refused
+
+    async def resync(self, live_transactions: Iterable[Transaction] | None = None) -> set[Transaction]:
+        """Store again every live transaction (default: all this node holds, and
+        what terminated while Redis was down); a key Redis lost is created again
+        with the epoch held. Returns the refused ones (another node took them
+        meanwhile: drop them). Marks the store durable when it succeeds."""
+        now = _wall_clock()
+        txs: dict[str, Transaction] = dict(self._unsynced)
+        for tx in self._held.values() if live_transactions is None else live_transactions:
+            txs[str(tx.key)] = tx
+        writes = [w for tx in txs.values() if (w := self._prepare(tx, now, resync=True)) is not None]
+        try:
+            results = await asyncio.wait_for(self._run_writes(writes), max(self.timeout, 5.0))
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+            raise StoreUnavailableError(f"resync failed: {exc}") from exc
+        refused_ids = self._apply_results(writes, results)
+        self.durable = True
+        log.info("the transaction store is durable again", extra={"event": "sip_store_up"})
+        # What changed while this resync was on its way goes in the next pipeline.
+        later = [w for tx in list(self._unsynced.values()) if (w := self._prepare(tx, now, resync=True))]
+        if later:
+            self._enqueue(_Batch(later, asyncio.get_running_loop().create_future()))
+        return {w.tx for w in writes if id(w) in refused_ids}
+
+    # --- leases ---
+
+    async def renew_lease(self) -> bool:
+        """Renew this node's lease in every shard (one pipeline). On the way back
+        from an outage, or when a lease vanished before its TTL (Redis lost its
+        data), store everything again. Returns whether the store is durable."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ttl_ms = int(self.lease_ttl * 1000)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.set(lease_key(shard, self.node_id), self.incarnation, px=ttl_ms, get=True)
+            previous = await asyncio.wait_for(pipe.execute(), self.timeout)
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            self._went_down(exc)
+            return False
+        fresh = self._last_renewal is not None and started - self._last_renewal < self.lease_ttl * 0.8
+        self._last_renewal = started
+        mine = self.incarnation.encode()
+        if any(value not in (None, mine) for value in previous):
+            log.warning(
+                "another process renews the lease of node %s",
+                self.node_id,
+                extra={"event": "sip_lease_clash"},
+            )
+        lost = fresh and any(value is None for value in previous)
+        if lost and self.durable:
+            log.warning("Redis lost this node's leases: storing everything again")
+            for tx in self._held.values():
+                self._unsynced[str(tx.key)] = tx
+        if not self.durable or lost:
+            self.durable = False  # commits only remember until resync has stored everything
+            try:
+                refused = await self.resync()
+            except StoreUnavailableError:
+                return False
+            if refused:
+                log.warning("%d transactions were taken by other nodes while Redis was away", len(refused))
+        return True
+
+    async def run_leases(self, interval: float = LEASE_INTERVAL) -> None:
+        """Renew the lease every ``interval`` seconds until cancelled."""
+        while True:
+            with contextlib.suppress(StoreError):
+                await self.renew_lease()
+            await asyncio.sleep(interval)
+
+    def start_leases(self, interval: float = LEASE_INTERVAL) -> asyncio.Task[None]:
+        if self._lease_task is None or self._lease_task.done():
+            self._lease_task = asyncio.get_running_loop().create_task(self.run_leases(interval))
+        return self._lease_task
+
+    async def drop_leases(self) -> None:
+        """Stop renewing and delete this node's leases (a graceful stop: whatever it did
+        not release becomes adoptable at once, not after the TTL)."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
+        with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.delete(lease_key(shard, self.node_id))
+            await asyncio.wait_for(pipe.execute(), self.timeout)
+
+    async def flush(self) -> None:
+        """Wait until every queued write has been sent."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    # --- inspection ---
+
+    async def load(self, txkey: str) -> StoredTransaction | None:
+        """The stored record of ``txkey``, or None."""
+        fields = await self.client.hgetall(tx_key(txkey, self.shards))
+        if not fields:
+            return None
+        try:
+            text = {name.decode(): value for name, value in fields.items()}
+            snapshot = TransactionSnapshot.from_json(unpack_snapshot(text["s"]))
+            deadline = text["d"].decode()
+            return StoredTransaction(
+                txkey=txkey,
+                snapshot=snapshot,
+                owner=text["o"].decode(),
+                incarnation=text["i"].decode(),
+                epoch=int(text["e"]),
+                version=int(text["v"]),
+                released=text.get("r", b"").decode(),
+                next_deadline=float(deadline) if deadline else None,
+            )
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptRecordError(f"stored transaction {txkey!r} cannot be read: {exc}") from None
+
+    async def live_keys(self, shard: int, now: float | None = None) -> list[str]:
+        """The keys of the transactions stored in ``shard`` (their hash has not expired)."""
+        now = _wall_clock() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(live_key(shard), "-inf", f"({now!r}")
+        pipe.zrange(live_key(shard), 0, -1)
+        _, members = await pipe.execute()
+        return [member.decode("utf-8", "surrogateescape") for member in members]
+
+    async def owned_by(self, node_id: str, now: float | None = None) -> list[str]:
+        """The keys of the stored transactions whose owner is ``node_id`` (released or
+        not), over every shard: two round trips, O(stored transactions)."""
+        now = _wall_clock() if now is None else now
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.zrangebyscore(live_key(shard), f"({now!r}", "+inf")
+        keys = [m.decode("utf-8", "surrogateescape") for members in await pipe.execute() for m in members]
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for txkey in keys:
+            pipe.hget(tx_key(txkey, self.shards), "o")
+        owners = await pipe.execute()
+        wanted = node_id.encode()
+        return [txkey for txkey, owner in zip(keys, owners, strict=True) if owner == wanted]
+
+
+def _only_rearmed(stored: TransactionSnapshot, new: TransactionSnapshot) -> bool:
+    """True when ``new`` differs from ``stored`` only by retransmission timers that
+    fired and were re-armed later (see "Lazy re-arm" in the module docstring)."""
+    if (
+        new.state != stored.state
+        or new.last_response != stored.last_response
+        or new.request != stored.request
+        or new.transport != stored.transport
+        or len(new.timers) != len(stored.timers)
+    ):
+        return False
+    rearmed = False
+    for (name, deadline, interval), (old_name, old_deadline, old_interval) in zip(
+        new.timers, stored.timers, strict=True
+    ):
+        if name != old_name:
+            return False
+        if (deadline, interval) == (old_deadline, old_interval):
+            continue
+        if name not in REARM_TIMERS or deadline <= old_deadline:
+            return False
+        rearmed = True
+    return rearmed
+
+
+def _wall_clock() -> float:
+    import time
+
+    return time.time()
+
+
+def default_client(url: str, *, cluster: bool = False, timeout: float = COMMIT_TIMEOUT) -> AsyncRedis:
+    """An asyncio client for the store: bytes replies and short timeouts, so a Redis
+    that is down is noticed within ``timeout`` (redis-py uses hiredis when installed)."""
+    if cluster:
+        return RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+__all__ = [
+    "AUDIT_FIELDS",
+    "CorruptRecordError",
+    "RedisTransactionStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "StoredTransaction",
+    "audit_key",
+    "default_client",
+    "lease_key",
+    "live_key",
+    "pack_snapshot",
+    "shard_of",
+    "timers_key",
+    "tx_key",
+    "unpack_snapshot",
+]
