@@ -247,3 +247,12 @@ LOGGING = {
         "celery": {"level": CONFIG.log_level},
     },
 }
+
+# --- SIP transaction audit (sipcore.audit) --------------------------------------------
+# The store appends each stored version to one of SIP_STORE_SHARDS Redis streams
+# ({sip:<shard>}:audit); the ingester mirrors them into the database.
+SIP_STORE_SHARDS = 16
+# TransactionSnapshotRecord rows (and terminated SipTransaction rows) older than this are pruned.
+SIP_AUDIT_RETENTION_DAYS = 30
+# A pending entry idle this long belongs to a consumer presumed dead, and is claimed.
+SIP_AUDIT_CLAIM_IDLE_MS = 60_000

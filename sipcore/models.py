@@ -1,4 +1,5 @@
-"""SIP node configuration staff edit in the admin: the dial plan and the peers to probe."""
+"""SIP node configuration staff edit in the admin (the dial plan, the peers to probe) and the
+audit mirror of SIP transactions (nodes, transactions, one append-only record per version)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from callops.models import AppendOnlyModel
 from sipcore.dialplan import DEMO_RULES, DialPlan, Rule
 from sipcore.peers import Peer, ProbeResult
 
@@ -149,3 +151,117 @@ class SipPeer(models.Model):
             last_status_code=result.status_code, last_rtt_ms=result.rtt_ms, last_probe_at=now
         )
         cls.objects.filter(pk=result.peer_id).exclude(status=status).update(status=status, last_change_at=now)
+
+
+# --- the SIP transaction audit mirror ----------------------------------------------------------
+#
+# Written off the hot path by sipcore.audit from the per-shard Redis streams the
+# store appends to; see DESIGN.md, "Persistence and ownership".
+
+
+class SipNode(models.Model):
+    """A SIP node (one ``sipserver`` process) as the audit has seen it."""
+
+    id = models.CharField(max_length=64, primary_key=True, help_text="the node id")
+    addresses = models.JSONField(
+        default=list, blank=True, help_text='local "host:port" addresses its transactions used'
+    )
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("id",)
+        verbose_name = "SIP node"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class TransactionKind(models.TextChoices):
+    INVITE_CLIENT = "invite_client", "INVITE client"
+    NON_INVITE_CLIENT = "non_invite_client", "non-INVITE client"
+    INVITE_SERVER = "invite_server", "INVITE server"
+    NON_INVITE_SERVER = "non_invite_server", "non-INVITE server"
+
+
+class TransactionOutcome(models.TextChoices):
+    """How a transaction ended, derived from its last version (sipcore.audit.derive_outcome)."""
+
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled (487 Request Terminated)"
+    TIMED_OUT = "timed_out", "Timed out"
+    TRANSPORT_ERROR = "transport_error", "Transport error"
+    TERMINATED = "terminated", "Ended early by its user"
+    UNKNOWN = "unknown", "Ended (cause not recorded)"
+
+
+class SipTransaction(models.Model):
+    """One SIP transaction: what never changes (the request, stored once) and its latest version.
+
+    Upserted by the audit ingester; a version older than the one held never moves it back.
+    """
+
+    key = models.CharField(max_length=1024, unique=True, help_text="the transaction key (RFC 3261 §17)")
+    kind = models.CharField(max_length=20, choices=TransactionKind.choices, db_index=True)
+    method = models.CharField(max_length=32)
+    call_id = models.CharField(max_length=255, db_index=True, help_text="Call-ID (first 255 characters)")
+    from_header = models.CharField(max_length=255, blank=True, help_text="From (first 255 characters)")
+    to_header = models.CharField(max_length=255, blank=True, help_text="To (first 255 characters)")
+    request = models.BinaryField(help_text="the request as it travels; every version shares it")
+    state = models.CharField(max_length=16, db_index=True)
+    version = models.PositiveBigIntegerField(help_text="the latest version ingested")
+    owner = models.ForeignKey(SipNode, on_delete=models.PROTECT, related_name="transactions")
+    epoch = models.PositiveBigIntegerField()
+    last_event = models.CharField(max_length=64, blank=True)
+    final_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(help_text="when its earliest ingested version was stored")
+    updated_at = models.DateTimeField(help_text="when its latest version was stored")
+    terminated_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    outcome = models.CharField(max_length=16, choices=TransactionOutcome.choices, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ("-updated_at", "key")
+        verbose_name = "SIP transaction"
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.state}, v{self.version})"
+
+
+class TransactionSnapshotRecord(AppendOnlyModel):
+    """One stored version of a SIP transaction; with its SipTransaction it rebuilds the snapshot.
+
+    The response is kept only when it differs from the previous version's, so a
+    version's response is the latest non-null one at or before it
+    (sipcore.audit.rebuild_snapshot).
+    """
+
+    transaction = models.ForeignKey(SipTransaction, on_delete=models.PROTECT, related_name="records")
+    version = models.PositiveBigIntegerField()
+    epoch = models.PositiveBigIntegerField()
+    owner = models.ForeignKey(SipNode, on_delete=models.PROTECT, related_name="records")
+    state = models.CharField(max_length=16)
+    event = models.CharField(max_length=64, blank=True, help_text="what caused this version")
+    timers = models.JSONField(default=dict, help_text="running timers: {name: [deadline, interval]}")
+    response = models.BinaryField(null=True, blank=True, help_text="the last response, when it changed")
+    transport = models.JSONField(help_text="[protocol, reliable, [local host, port], [remote host, port]]")
+    timings = models.JSONField(null=True, blank=True, help_text="T1, T2, T4...; empty: the defaults")
+    clock_created = models.FloatField(help_text="the node clock when the transaction was created")
+    clock_updated = models.FloatField(help_text="the node clock at this version")
+    recorded_at = models.DateTimeField(default=timezone.now, help_text="when the node stored this version")
+    ingested_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    audit_prune_field = "recorded_at"
+
+    class Meta:
+        ordering = ("transaction", "version")
+        verbose_name = "transaction snapshot record"
+        constraints = [
+            models.UniqueConstraint(fields=["transaction", "version"], name="sip_record_version_unique")
+        ]
+        indexes = [models.Index(fields=["recorded_at"], name="sip_record_recorded_at")]
+
+    def __str__(self) -> str:
+        return f"{self.transaction_id} v{self.version} {self.state}"
+
+    def audit_label(self) -> str:
+        return f"TransactionSnapshotRecord {self.transaction_id} v{self.version}"
