@@ -11,6 +11,7 @@ from sipcore.audit import dead_letter_counter, dead_letter_stream, stream_name
 from sipcore.sip import (
     InviteServerTransaction,
     NonInviteClientTransaction,
+    Timings,
     Transaction,
     TransactionSnapshot,
     TransportInfo,
@@ -88,11 +89,13 @@ def invite_server_versions(
     return versions
 
 
-def non_invite_client_versions(branch: str = "z9hG4bKaudit2") -> list[Version]:
+def non_invite_client_versions(
+    branch: str = "z9hG4bKaudit2", timings: Timings | None = None
+) -> list[Version]:
     """OPTIONS -> Timer E twice -> 200 -> Timer K."""
     request = invite(branch, "audit-2@atlanta.example.com", method="OPTIONS")
     versions: list[Version] = []
-    tx = NonInviteClientTransaction(request, UDP, 0.0)
+    tx = NonInviteClientTransaction(request, UDP, 0.0, timings)
     _take(tx, "created", versions)
     for _ in range(2):
         tx.handle_timer(tx.next_deadline())
