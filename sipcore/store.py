@@ -269,11 +269,15 @@ return {1, epoch}
 # KEYS: tx.  ARGV: node, incarnation, lease prefix of the shard.
 # Takes the transaction when it was released to anyone or to this node, or when its
 # owner's incarnation no longer holds its lease (expired, or the node started again).
+# A transaction this incarnation already owns (and has not released) is returned as is.
 # Returns {1, new epoch, blob} or {0, reason, owner, released}.
 ADOPT_LUA: Final = """
 local cur = redis.call('HMGET', KEYS[1], 'e', 'o', 'i', 'r', 's')
 if not cur[1] then return {0, 'missing', '', ''} end
 local owner, oinc, released = cur[2], cur[3], cur[4] or ''
+if owner == ARGV[1] and oinc == ARGV[2] and released == '' then
+  return {1, tonumber(cur[1]), cur[5]}  -- already ours: this call ran before (a retried round trip)
+end
 local alive = redis.call('GET', ARGV[3] .. owner) == oinc
 if not (released == '*' or released == ARGV[1] or not alive) then
   return {0, 'owned', owner, released}
@@ -555,11 +559,9 @@ class RedisTransactionStore:
         results: list[Any] = [None] * len(writes)
         pending = list(range(len(writes)))
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for index in pending:
-                write = writes[index]
-                pipe.evalsha(sha, 4, *write.keys, *write.args)
-            out = await pipe.execute(raise_on_error=False)
+            out = await self._pipeline(
+                [("evalsha", (sha, 4, *writes[index].keys, *writes[index].args), {}) for index in pending]
+            )
             missing = []
             for index, result in zip(pending, out, strict=True):
                 if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
@@ -572,6 +574,26 @@ class RedisTransactionStore:
             pending = missing
         return results
 
+    async def _pipeline(self, commands: Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Run ``commands`` as one pipeline (no MULTI); replies in order, errors as values.
+
+        A connection error is retried once on a fresh connection: after Redis
+        restarts, the first use of each pooled connection fails although Redis
+        answers. Every write script is idempotent (a version already stored is
+        not written again, a create already applied is this incarnation's own),
+        so running a pipeline twice stores the same thing as running it once.
+        """
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for name, args, options in commands:
+                getattr(pipe, name)(*args, **options)
+            try:
+                return list(await pipe.execute(raise_on_error=False))
+            except redis.exceptions.ConnectionError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _sha(self, name: str, source: str, *, reload: bool = False) -> str:
         sha = self._shas.get(name)
         if sha is None or reload:
@@ -582,11 +604,15 @@ class RedisTransactionStore:
 
     async def _eval(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         sha = await self._sha(name, source)
-        try:
-            return await self.client.evalsha(sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            sha = await self._sha(name, source, reload=True)
-            return await self.client.evalsha(sha, len(keys), *keys, *args)
+        for attempt in range(2):
+            try:
+                return await self.client.evalsha(sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                sha = await self._sha(name, source, reload=True)
+            except redis.exceptions.ConnectionError:  # a stale pooled connection: see _pipeline
+                if attempt:
+                    raise
+        return await self.client.evalsha(sha, len(keys), *keys, *args)
 
     def _went_down(self, exc: BaseException) -> None:
         if self.durable:
@@ -702,10 +728,22 @@ class RedisTransactionStore:
         started = loop.time()
         ttl_ms = int(self.lease_ttl * 1000)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(self.shards):
-                pipe.set(lease_key(shard, self.node_id), self.incarnation, px=ttl_ms, get=True)
-            previous = await asyncio.wait_for(pipe.execute(), self.timeout)
+            previous = await asyncio.wait_for(
+                self._pipeline(
+                    [
+                        (
+                            "set",
+                            (lease_key(shard, self.node_id), self.incarnation),
+                            {"px": ttl_ms, "get": True},
+                        )
+                        for shard in range(self.shards)
+                    ]
+                ),
+                self.timeout,
+            )
+            for value in previous:
+                if isinstance(value, Exception):
+                    raise value
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             self._went_down(exc)
             return False
@@ -754,10 +792,12 @@ class RedisTransactionStore:
                 await self._lease_task
             self._lease_task = None
         with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(self.shards):
-                pipe.delete(lease_key(shard, self.node_id))
-            await asyncio.wait_for(pipe.execute(), self.timeout)
+            await asyncio.wait_for(
+                self._pipeline(
+                    [("delete", (lease_key(shard, self.node_id),), {}) for shard in range(self.shards)]
+                ),
+                self.timeout,
+            )
 
     async def flush(self) -> None:
         """Wait until every queued write has been sent."""
@@ -791,26 +831,27 @@ class RedisTransactionStore:
     async def live_keys(self, shard: int, now: float | None = None) -> list[str]:
         """The keys of the transactions stored in ``shard`` (their hash has not expired)."""
         now = _wall_clock() if now is None else now
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(live_key(shard), "-inf", f"({now!r}")
-        pipe.zrange(live_key(shard), 0, -1)
-        _, members = await pipe.execute()
+        _, members = await self._pipeline(
+            [
+                ("zremrangebyscore", (live_key(shard), "-inf", f"({now!r}"), {}),
+                ("zrange", (live_key(shard), 0, -1), {}),
+            ]
+        )
         return [member.decode("utf-8", "surrogateescape") for member in members]
 
     async def owned_by(self, node_id: str, now: float | None = None) -> list[str]:
         """The keys of the stored transactions whose owner is ``node_id`` (released or
         not), over every shard: two round trips, O(stored transactions)."""
         now = _wall_clock() if now is None else now
-        pipe = self.client.pipeline(transaction=False)
-        for shard in range(self.shards):
-            pipe.zrangebyscore(live_key(shard), f"({now!r}", "+inf")
-        keys = [m.decode("utf-8", "surrogateescape") for members in await pipe.execute() for m in members]
+        replies = await self._pipeline(
+            [("zrangebyscore", (live_key(shard), f"({now!r}", "+inf"), {}) for shard in range(self.shards)]
+        )
+        keys = [m.decode("utf-8", "surrogateescape") for members in _checked(replies) for m in members]
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for txkey in keys:
-            pipe.hget(tx_key(txkey, self.shards), "o")
-        owners = await pipe.execute()
+        owners = _checked(
+            await self._pipeline([("hget", (tx_key(txkey, self.shards), "o"), {}) for txkey in keys])
+        )
         wanted = node_id.encode()
         return [txkey for txkey, owner in zip(keys, owners, strict=True) if owner == wanted]
 
@@ -838,6 +879,14 @@ def _only_rearmed(stored: TransactionSnapshot, new: TransactionSnapshot) -> bool
             return False
         rearmed = True
     return rearmed
+
+
+def _checked(replies: list[Any]) -> list[Any]:
+    """Replies of a pipeline run with errors as values: raise the first error."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _wall_clock() -> float:
