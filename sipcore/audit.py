@@ -20,7 +20,7 @@ other end:
 Stream entry fields (the contract with the store): ``k`` transaction key,
 ``v`` version, ``e`` epoch, ``o`` owner node id, ``kind``, ``st`` state,
 ``ev`` the event that caused the version, ``at`` wall-clock seconds,
-``snap`` the snapshot JSON, ``end`` "1" once terminated (absent otherwise).
+``snap`` the snapshot JSON, ``end`` "1" once terminated ("0" or absent otherwise).
 
 An entry that cannot be read (or contradicts what is recorded) is logged,
 counted and moved to ``{sip:<shard>}:audit:dead`` with the reason; it never
@@ -183,8 +183,8 @@ def parse_entry(stream_id: bytes, fields: Mapping[bytes, bytes]) -> AuditEntry:
     if not math.isfinite(at_seconds) or not 0 <= at_seconds < MAX_WALL_CLOCK:
         raise MalformedEntry(f"field 'at' is {at_text!r}, not a wall-clock reading")
     end_text = _text(fields, "end", 1, required=False)
-    if end_text not in ("", "1"):
-        raise MalformedEntry(f"field 'end' is {end_text!r}; it is '1' or absent")
+    if end_text not in ("", "0", "1"):
+        raise MalformedEntry(f"field 'end' is {end_text!r}; it is '1', '0' or absent")
     raw = fields.get(b"snap")
     if raw is None:
         raise MalformedEntry("field 'snap' is missing")

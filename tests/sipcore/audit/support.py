@@ -122,6 +122,8 @@ def entry_fields(version: Version, *, owner: str = "node-a", epoch: int = 1, at:
     }
     if snap.state == "Terminated":
         fields["end"] = "1"
+    elif snap.version % 2:
+        fields["end"] = "0"  # the store writes "0"; "absent" is as good
     return fields
 
 

@@ -157,7 +157,7 @@ def test_malformed_entries_go_to_the_dead_letters_and_never_block_the_shard(r):
         {**entry_fields(good[3]), "at": "nan"},
         {**entry_fields(good[4]), "kind": "proxy"},
         {**entry_fields(good[5]), "v": "-1"},
-        {**entry_fields(good[6]), "end": "0"},
+        {**entry_fields(good[6]), "end": "0"},  # it is terminated
         {**entry_fields(good[0]), "k": "s|" + "x" * 2000},
         # The same key with another request: the request is stored once, and must stay true.
         {**entry_fields(other[1]), "k": good[0].snapshot.key, "snap": other[1].snapshot.to_json().replace(
@@ -178,7 +178,7 @@ def test_malformed_entries_go_to_the_dead_letters_and_never_block_the_shard(r):
     for reason, expected in zip(
         reasons,
         ["field 'v' is missing", "snapshot is not JSON", "field 'v' is 7 but the snapshot says 2",
-         "not a wall-clock reading", "kind 'proxy'", "not a non-negative integer", "field 'end' is '0'",
+         "not a wall-clock reading", "kind 'proxy'", "not a non-negative integer", "field 'end' is '0' in state Terminated",
          "over the limit of 1024", "request differs"],
         strict=True,
     ):  # fmt: skip
