@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Final
 
+from sipcore.sip.errors import ParseError
 from sipcore.sip.headers import HEADER_RULES
 from sipcore.sip.limits import DEFAULT_LIMITS
 from sipcore.sip.message import Headers, Request, Response
@@ -82,40 +83,53 @@ def make_response(
 
     The copied lines were checked when the request was parsed or built, so they
     are copied with their checked values (``Headers._trusted``) rather than
-    checked again; a To that gets a tag, ``headers`` and ``content_type`` are
-    checked as ``Headers.add`` checks them.
+    checked again: each seed is a match on its line's value (``match.string``;
+    a line's first entry starts at 0). A To that gets a tag, ``headers`` and
+    ``content_type`` are checked as ``Headers.add`` checks them; Content-Length
+    is written from the body.
     """
-    source = request.headers
-    index = source._index or source._built_index()
-    source_seeds = source._seeds
-    lines = [f"Via: {via}" for via in index.get("via", ())]
+    if not 100 <= status_code <= 699:
+        raise ParseError(f"status code {status_code} is not in 100-699")
+    source_seeds = request.headers._seeds
     seeds: dict[str, Any] = {}
-    if lines:
-        seeds["via"] = list(source_seeds["via"])
+    vias = source_seeds.get("via")
+    if vias:
+        lines = [f"Via: {via.string}" for via in vias if via.start() == 0]
+        seeds["via"] = list(vias)
+    else:
+        lines = []
     for key, name in _COPIED:
-        values = index.get(key)
-        if values is None:
+        seed = source_seeds.get(key)
+        if seed is None:
             raise ValueError(f"the request has no {name} header")
-        value = values[0]
-        seed = source_seeds[key]
+        value = seed.string
         if key == "to" and status_code != 100 and request.to_tag is None:
             value = f"{value};tag={to_tag or new_tag()}"
             seed = _TO.check(value, DEFAULT_LIMITS)  # the tag is the caller's: checked
         lines.append(f"{name}: {value}")
         seeds[key] = seed
-    if status_code == 100 and (timestamp := index.get("timestamp")) is not None:
-        lines.append(f"Timestamp: {timestamp[0]}")
-    if 101 <= status_code < 300 and (record_routes := index.get("record-route")) is not None:
-        lines += [f"Record-Route: {record_route}" for record_route in record_routes]
-        seeds["record-route"] = list(source_seeds["record-route"])
-    response_headers = Headers._trusted(lines, seeds)
+    others: set[str] = set()
+    if status_code == 100 and (timestamp := request.headers.get("Timestamp")) is not None:
+        lines.append(f"Timestamp: {timestamp}")
+        others.add("timestamp")
+    if 101 <= status_code < 300 and (record_routes := source_seeds.get("record-route")):
+        lines += [f"Record-Route: {route.string}" for route in record_routes if route.start() == 0]
+        seeds["record-route"] = list(record_routes)
+    response_headers = Headers._trusted(lines, seeds, others)
     for name, value in headers:
         response_headers.add(name, value)
     if content_type is not None:
         response_headers.add("Content-Type", content_type)
-    response_headers.add("Content-Length", str(len(body)))
-    return Response(status_code, reason if reason is not None else REASON_PHRASES.get(status_code, ""),
-                    response_headers, body)  # fmt: skip
+    if "content-length" in response_headers._seeds:
+        raise ParseError("Content-Length may appear only once")  # as Headers.add says it
+    response_headers._lines.append(f"Content-Length: {len(body)}")
+    response_headers._seeds["content-length"] = len(body)
+    response = Response.__new__(Response)
+    response.status_code = status_code
+    response.reason = reason if reason is not None else REASON_PHRASES.get(status_code, "")
+    response.headers = response_headers
+    response.body = bytes(body)
+    return response
 
 
 def _in_transaction(original: Request, method: str, to: str) -> Request:

@@ -88,6 +88,10 @@ _CAREFUL_ENTRY_OF_SPELLING: Final = {
 
 
 _UNBUILT: Final = object()
+_Match: Final = re.Match
+# List headers each of whose lines leaves at least one seed, a match on the line's
+# value (Contact does not: "Contact: *" leaves none).
+_LINE_SEEDED: Final = frozenset({"via", "route", "record-route"})
 
 
 class Headers:
@@ -100,14 +104,20 @@ class Headers:
     ``copy()`` is copy-on-write: the copy shares the lines, seeds, typed values
     and lookup index, and whichever side mutates first takes its own (so a
     transaction can hand out copies of its messages for the cost of an object).
-    Lookups go through an index (lookup key -> values) built on first use.
+
+    Lookups are answered without a pass over the lines where the seeds can:
+    a checked header's seeds are matches on its lines' values (``match.string``),
+    and the lookup keys of the other lines are kept as a set, so a header that is
+    absent or checked costs a dict lookup or two. Other lookups go through an
+    index (lookup key -> values) built on first use.
     """
 
-    __slots__ = ("_index", "_lines", "_memo", "_seeds", "_shared", "_typed")
+    __slots__ = ("_index", "_lines", "_memo", "_others", "_seeds", "_shared", "_typed")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()):
         self._lines: list[str] = []
         self._seeds: dict[str, Any] = {}
+        self._others: set[str] = set()  # lookup keys of the lines without a rule
         self._typed: dict[str, Any] = {}
         self._index: dict[str, list[str]] | None = None
         self._memo: dict[str, Any] = {}  # values read off the lines (branch, tags); new on mutation
@@ -116,10 +126,11 @@ class Headers:
             self.add(name, value)
 
     @classmethod
-    def _trusted(cls, lines: list[str], seeds: dict[str, Any]) -> Headers:
+    def _trusted(cls, lines: list[str], seeds: dict[str, Any], others: set[str]) -> Headers:
         headers = cls.__new__(cls)
         headers._lines = lines
         headers._seeds = seeds
+        headers._others = others
         headers._typed = {}
         headers._index = None
         headers._memo = {}
@@ -152,8 +163,7 @@ class Headers:
         return [(_key_of(name), value) for name, value in self]
 
     def _built_index(self) -> dict[str, list[str]]:
-        # One pass over the lines serves every later lookup (a response is built
-        # from five or more of the request's headers).
+        # One pass over the lines serves every later lookup the seeds cannot answer.
         index: dict[str, list[str]] = {}
         for line in self._lines:
             name, _, value = line.partition(":")
@@ -168,12 +178,33 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (one header line), or ``default``."""
-        values = (self._index or self._built_index()).get(_key_of(name))
+        key = _key_of(name)
+        seed = self._seeds.get(key)
+        if seed is None:
+            if key not in self._others:
+                return default
+        elif type(seed) is _Match:
+            value: str = seed.string  # a single-valued header's one line
+            return value
+        elif key in _LINE_SEEDED:
+            first: str = seed[0].string
+            return first
+        values = (self._index or self._built_index()).get(key)
         return default if values is None else values[0]
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value of header ``name``, in order."""
-        return list((self._index or self._built_index()).get(_key_of(name), ()))
+        key = _key_of(name)
+        seed = self._seeds.get(key)
+        if seed is None:
+            if key not in self._others:
+                return []
+        elif type(seed) is _Match:
+            return [seed.string]
+        elif key in _LINE_SEEDED:
+            # A line's entries are matched from its start on: its first one starts at 0.
+            return [m.string for m in seed if m.start() == 0]
+        return list((self._index or self._built_index()).get(key, ()))
 
     def typed(self, key: str) -> Any:
         """The typed value of a known header (``HEADER_RULES`` key), or None if absent."""
@@ -185,27 +216,37 @@ class Headers:
         return value
 
     def _own(self) -> None:
-        """Before a mutation: stop sharing with copies, forget the index."""
+        """Before a mutation: stop sharing with copies, forget the index and the memo."""
         if self._shared:
             self._lines = list(self._lines)
             self._seeds = dict(self._seeds)  # seed lists are replaced on change, never extended
+            self._others = set(self._others)
             self._typed = dict(self._typed)
+            self._memo = {}  # a new dict: a copy still shares the old one
             self._shared = False
+        elif self._memo:
+            self._memo = {}
         self._index = None
-        self._memo = {}  # a new dict: a copy may still share the old one
 
     def add(self, name: str, value: str) -> None:
         """Append a header line. Known headers are checked (ParseError if malformed)."""
-        name = name.strip(" \t")
-        if TOKEN_RE.fullmatch(name) is None:
-            raise ParseError(f"header name {name!r} is not a token")
+        entry = _ENTRY_OF_SPELLING.get(name)  # our own spellings are tokens already
+        if entry is None:
+            name = name.strip(" \t")
+            if TOKEN_RE.fullmatch(name) is None:
+                raise ParseError(f"header name {name!r} is not a token")
+            key = canonical_key(name)
+            rule = HEADER_RULES.get(key)
+        else:
+            key = entry[0]
+            rule = HEADER_RULES.get(key)
         if "\r" in value or "\n" in value:
             raise ParseError(f"{name}: a header value cannot contain CR or LF")
         value = value.strip(" \t")
-        key = canonical_key(name)
-        rule = HEADER_RULES.get(key)
         self._own()
-        if rule is not None:
+        if rule is None:
+            self._others.add(key)
+        else:
             seed = rule.check(value, DEFAULT_LIMITS)
             if rule.multiple:
                 merged = [*self._seeds.get(key, ()), *seed]
@@ -225,6 +266,7 @@ class Headers:
         self._own()
         self._lines = [line for line in self._lines if _key_of(line.partition(":")[0].rstrip(" \t")) != key]
         self._seeds.pop(key, None)
+        self._others.discard(key)
         self._typed.pop(key, None)
 
     def set(self, name: str, value: str) -> None:
@@ -239,7 +281,7 @@ class Headers:
     def copy(self) -> Headers:
         copied = Headers.__new__(Headers)
         copied._lines, copied._seeds, copied._typed = self._lines, self._seeds, self._typed
-        copied._index, copied._memo = self._index, self._memo
+        copied._others, copied._index, copied._memo = self._others, self._index, self._memo
         copied._shared = self._shared = True
         return copied
 
@@ -682,6 +724,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
 
     del lines[0]
     seeds: dict[str, Any] = {}
+    others: set[str] = set()
     entry_of = _CAREFUL_ENTRY_OF_SPELLING if careful else _ENTRY_OF_SPELLING
     most_entries = limits.max_list_entries
     entries_left = limits.max_message_entries
@@ -703,6 +746,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
         if check is None:
             if "\r" in value or "\n" in value:
                 raise ParseError(f"a bare CR or LF in the {name.strip()} header")
+            others.add(key)
             continue
         value = value.strip(" \t")
         seed = None if fast is None else fast(value)
@@ -738,7 +782,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
             raise ParseError(
                 f"CSeq method {cseq_method} does not match the request method {message.method}", code
             )
-    message.headers = Headers._trusted(lines, seeds)
+    message.headers = Headers._trusted(lines, seeds, others)
     return message
 
 
