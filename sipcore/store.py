@@ -560,7 +560,12 @@ class RedisTransactionStore:
         pending = list(range(len(writes)))
         for attempt in range(2):
             out = await self._pipeline(
-                [("evalsha", (sha, 4, *writes[index].keys, *writes[index].args), {}) for index in pending]
+                [
+                    # execute_command: redis-py's cluster pipeline routes EVALSHA by its keys
+                    # but blocks its evalsha() helper.
+                    ("execute_command", ("EVALSHA", sha, 4, *writes[index].keys, *writes[index].args), {})
+                    for index in pending
+                ]
             )
             missing = []
             for index, result in zip(pending, out, strict=True):
