@@ -115,6 +115,18 @@ COMMIT_TIMEOUT: Final = 0.5  # seconds a pipeline may take before the store call
 # The audit stream's fields: a contract with the ingester (keep these names).
 AUDIT_FIELDS: Final = ("k", "v", "e", "o", "kind", "st", "ev", "at", "snap", "end")
 
+# What "Redis is down" looks like (not a script or usage error, which is a bug and raises).
+_DOWN: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.BusyLoadingError,
+    OSError,
+    TimeoutError,
+)
+
 # Timers whose firing only retransmits and re-arms (RFC 3261 §17.1.1.2 A, §17.1.2.2 E, §17.2.1 G).
 REARM_TIMERS: Final = frozenset({"A", "E", "G"})
 
@@ -158,7 +170,8 @@ def pack_snapshot(snapshot_json: bytes) -> bytes:
     """The stored form of a snapshot's JSON: a format byte, then raw deflate with
     the preset dictionary (an INVITE server transaction in Completed, SDP
     included, packs to about 450 bytes instead of ~1.4 KB)."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
+    # A 4 KB window holds the dictionary and a snapshot; memLevel 6 sets up faster than 9.
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -12, 6, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
     return _FORMAT_V1 + compressor.compress(snapshot_json) + compressor.flush()
 
 
@@ -214,56 +227,66 @@ def lease_key(shard: int, node_id: str) -> str:
 
 # --- scripts ---------------------------------------------------------------------
 
-# KEYS: tx, timers, live, audit.
-# ARGV: mode, node, incarnation, epoch, version, blob, deadline, ttl_ms, live_score,
-#       end, maxlen, txkey, kind, state, event, at, snap, released.
+# One call per shard and pipeline: every transaction of the batch in that shard, in
+# commit order, each fenced on its own (a refused one changes nothing; the others go on).
+# KEYS: timers, live, audit of the shard, then one tx hash per write.
+# ARGV: node, incarnation, audit maxlen, then three per write: meta, blob, snap.
+# meta is "\n"-joined (no field holds a newline: keys and node ids are header text):
+#   mode, epoch, version, deadline, ttl_ms, live score, end, txkey, kind, state, event, at, released
 # mode "c": create at epoch 1 if the key does not exist (or is this incarnation's own
 #           create, already applied); "w": write with the epoch held; "s": resync, as "w"
 #           but a missing key is created again with the epoch held (Redis lost it).
-# Returns {1, epoch} stored (or nothing new to store), {0, reason, stored epoch, owner} refused.
+# Returns one reply per write: {1, epoch} stored (or nothing new to store), or
+# {0, reason, stored epoch, owner} refused.
 COMMIT_LUA: Final = """
-local mode, node, inc = ARGV[1], ARGV[2], ARGV[3]
-local epoch, version = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cur = redis.call('HMGET', KEYS[1], 'e', 'o', 'i', 'v', 'r')
-local ce, co, ci, cv, cr = tonumber(cur[1]), cur[2], cur[3], tonumber(cur[4]), cur[5]
-if ce == nil then
-  if mode == 'w' then return {0, 'missing', 0, ''} end
-  if mode == 'c' then epoch = 1 end
-  cv = -1
-else
-  if mode == 'c' and not (co == node and ci == inc and ce == 1) then
-    return {0, 'exists', ce, co}
+local node, inc, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local timers, live, audit = KEYS[1], KEYS[2], KEYS[3]
+local replies = {}
+for w = 1, #KEYS - 3 do
+  local key, base = KEYS[w + 3], 1 + 3 * w
+  local m = {}
+  for field in (ARGV[base] .. '\\n'):gmatch('(.-)\\n') do m[#m + 1] = field end
+  local mode, epoch, version, deadline = m[1], tonumber(m[2]), tonumber(m[3]), m[4]
+  local txkey, released = m[8], m[13]
+  local cur = redis.call('HMGET', key, 'e', 'o', 'i', 'v', 'r')
+  local ce, co, ci, cv, cr = tonumber(cur[1]), cur[2], cur[3], tonumber(cur[4]), cur[5]
+  local refused = nil
+  if ce == nil then
+    if mode == 'w' then refused = 'missing' end
+    if mode == 'c' then epoch = 1 end
+    cv = -1
+  elseif mode == 'c' and not (co == node and ci == inc and ce == 1) then
+    refused = 'exists'
+  elseif ce ~= epoch or co ~= node or (cr and cr ~= '') then
+    refused = 'fenced'
   end
-  if ce ~= epoch or co ~= node or (cr and cr ~= '') then
-    return {0, 'fenced', ce, co}
+  if refused then
+    replies[w] = {0, refused, ce or 0, co or ''}
+  elseif version <= cv then
+    if released ~= '' then redis.call('HSET', key, 'r', released) end
+    replies[w] = {1, epoch}
+  else
+    redis.call('XADD', audit, 'MAXLEN', '~', maxlen, '*', 'k', txkey, 'v', m[3], 'e', epoch,
+      'o', node, 'kind', m[9], 'st', m[10], 'ev', m[11], 'at', m[12], 'snap', ARGV[base + 2], 'end', m[7])
+    if m[7] == '1' then
+      redis.call('DEL', key)
+      redis.call('ZREM', timers, txkey)
+      redis.call('ZREM', live, txkey)
+    else
+      redis.call('HSET', key, 's', ARGV[base + 1], 'o', node, 'i', inc, 'e', epoch, 'v', m[3],
+        'd', deadline, 'r', released)
+      redis.call('PEXPIRE', key, m[5])
+      if deadline ~= '' then
+        redis.call('ZADD', timers, deadline, txkey)
+      else
+        redis.call('ZREM', timers, txkey)
+      end
+      redis.call('ZADD', live, m[6], txkey)
+    end
+    replies[w] = {1, epoch}
   end
 end
-local released = ARGV[18]
-if version <= cv then
-  if released ~= '' then redis.call('HSET', KEYS[1], 'r', released) end
-  return {1, epoch}
-end
-local txkey = ARGV[12]
-if ARGV[10] == '1' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'k', txkey, 'v', ARGV[5], 'e', epoch,
-    'o', node, 'kind', ARGV[13], 'st', ARGV[14], 'ev', ARGV[15], 'at', ARGV[16], 'snap', ARGV[17], 'end', '1')
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], txkey)
-  redis.call('ZREM', KEYS[3], txkey)
-  return {1, epoch}
-end
-redis.call('HSET', KEYS[1], 's', ARGV[6], 'o', node, 'i', inc, 'e', epoch, 'v', ARGV[5],
-  'd', ARGV[7], 'r', released)
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[2], ARGV[7], txkey)
-else
-  redis.call('ZREM', KEYS[2], txkey)
-end
-redis.call('ZADD', KEYS[3], ARGV[9], txkey)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'k', txkey, 'v', ARGV[5], 'e', epoch,
-  'o', node, 'kind', ARGV[13], 'st', ARGV[14], 'ev', ARGV[15], 'at', ARGV[16], 'snap', ARGV[17], 'end', '0')
-return {1, epoch}
+return replies
 """
 
 # KEYS: tx.  ARGV: node, incarnation, lease prefix of the shard.
@@ -311,8 +334,11 @@ class _Write:
 
     tx: Transaction
     txkey: str
-    keys: tuple[str, str, str, str]
-    args: tuple[str | bytes | int, ...]
+    shard: int
+    key: str
+    meta: bytes
+    blob: bytes
+    snap: bytes
     version: int
     terminated: bool
 
@@ -467,29 +493,29 @@ class RedisTransactionStore:
         last = max((d for _, d, _ in snapshot.timers), default=None)
         ttl = self.idle_ttl if last is None else max(last - now, 0.0) + self.expire_grace
         shard = shard_of(txkey, self.shards)
-        tag = shard_tag(shard)
-        keys = (f"{tag}:tx:{txkey}", f"{tag}:timers", f"{tag}:live", f"{tag}:audit")
-        args = (
-            mode,
-            self.node_id,
-            self.incarnation,
-            epoch,
-            snapshot.version,
-            b"" if terminated else pack_snapshot(snap_json),
-            "" if deadline is None else repr(deadline),
-            max(1, int(ttl * 1000)),
-            repr(now + ttl),
-            "1" if terminated else "0",
-            self.audit_maxlen,
-            txkey,
-            snapshot.kind,
-            snapshot.state,
-            str(getattr(tx, "last_event", "") or ""),
-            repr(now),
-            snap_json,
-            released,
+        meta = "\n".join(
+            (
+                mode,
+                str(epoch),
+                str(snapshot.version),
+                "" if deadline is None else repr(deadline),
+                str(max(1, int(ttl * 1000))),
+                repr(now + ttl),
+                "1" if terminated else "0",
+                txkey,
+                snapshot.kind,
+                snapshot.state,
+                str(getattr(tx, "last_event", "") or ""),
+                repr(now),
+                released,
+            )
         )
-        return _Write(tx, txkey, keys, args, snapshot.version, terminated)
+        blob = b"" if terminated else pack_snapshot(snap_json)
+        key = f"{shard_tag(shard)}:tx:{txkey}"
+        return _Write(
+            tx, txkey, shard, key, meta.encode("utf-8", "surrogateescape"), blob, snap_json,
+            snapshot.version, terminated,
+        )  # fmt: skip
 
     def _enqueue(self, batch: _Batch) -> None:
         self._queue.append(batch)
@@ -507,7 +533,7 @@ class RedisTransactionStore:
             try:
                 results = await asyncio.wait_for(self._run_writes(writes), self.timeout)
                 refused_by_write = self._apply_results(writes, results)
-            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            except _DOWN as exc:
                 self._went_down(exc)
                 self._resolve_down(batches)
                 continue
@@ -533,8 +559,6 @@ class RedisTransactionStore:
     def _apply_results(self, writes: list[_Write], results: list[Any]) -> set[int]:
         refused: set[int] = set()
         for write, result in zip(writes, results, strict=True):
-            if isinstance(result, Exception):
-                raise result  # a script error (not NOSCRIPT, handled below): a bug of ours
             if int(result[0]) == 1:
                 unsynced = self._unsynced.get(write.txkey)
                 if unsynced is write.tx and (write.terminated or write.tx.version == write.version):
@@ -555,24 +579,38 @@ class RedisTransactionStore:
         return refused
 
     async def _run_writes(self, writes: list[_Write]) -> list[Any]:
+        """One EVALSHA per shard touched, all in one pipeline; one reply per write."""
+        by_shard: dict[int, list[int]] = {}
+        for index, write in enumerate(writes):
+            by_shard.setdefault(write.shard, []).append(index)
         sha = await self._sha("commit", COMMIT_LUA)
         results: list[Any] = [None] * len(writes)
-        pending = list(range(len(writes)))
+        pending = list(by_shard.items())
         for attempt in range(2):
-            out = await self._pipeline(
-                [
-                    # execute_command: redis-py's cluster pipeline routes EVALSHA by its keys
-                    # but blocks its evalsha() helper.
-                    ("execute_command", ("EVALSHA", sha, 4, *writes[index].keys, *writes[index].args), {})
-                    for index in pending
-                ]
-            )
+            commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+            for shard, indexes in pending:
+                tag = shard_tag(shard)
+                keys = [f"{tag}:timers", f"{tag}:live", f"{tag}:audit"]
+                keys.extend(writes[index].key for index in indexes)
+                args: list[str | bytes | int] = [self.node_id, self.incarnation, self.audit_maxlen]
+                for index in indexes:
+                    write = writes[index]
+                    args += (write.meta, write.blob, write.snap)
+                # execute_command: redis-py's cluster pipeline routes EVALSHA by its keys
+                # but blocks its evalsha() helper.
+                commands.append(("execute_command", ("EVALSHA", sha, len(keys), *keys, *args), {}))
+            out = await self._pipeline(commands)
             missing = []
-            for index, result in zip(pending, out, strict=True):
-                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing.append(index)  # Redis restarted (or a new cluster node): it did not run
+            for (shard, indexes), reply in zip(pending, out, strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                    missing.append(
+                        (shard, indexes)
+                    )  # Redis restarted (or a new cluster node): it did not run
+                elif isinstance(reply, Exception):
+                    raise reply
                 else:
-                    results[index] = result
+                    for index, result in zip(indexes, reply, strict=True):
+                        results[index] = result
             if not missing:
                 break
             sha = await self._sha("commit", COMMIT_LUA, reload=True)
@@ -602,8 +640,8 @@ class RedisTransactionStore:
     async def _sha(self, name: str, source: str, *, reload: bool = False) -> str:
         sha = self._shas.get(name)
         if sha is None or reload:
-            sha = await self.client.script_load(source)  # a cluster client loads it on every primary
-            sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+            loaded: Any = await self.client.script_load(source)  # a cluster client: on every primary
+            sha = loaded.decode() if isinstance(loaded, bytes) else str(loaded)
             self._shas[name] = sha
         return sha
 
@@ -647,7 +685,7 @@ class RedisTransactionStore:
                 self._eval("adopt", ADOPT_LUA, (key,), (self.node_id, self.incarnation, lease_prefix(shard))),
                 self.timeout,
             )
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except _DOWN as exc:
             self._went_down(exc)
             return None
         if int(result[0]) != 1:
@@ -711,7 +749,7 @@ class RedisTransactionStore:
         writes = [w for tx in txs.values() if (w := self._prepare(tx, now, resync=True)) is not None]
         try:
             results = await asyncio.wait_for(self._run_writes(writes), max(self.timeout, 5.0))
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except _DOWN as exc:
             self._went_down(exc)
             raise StoreUnavailableError(f"resync failed: {exc}") from exc
         refused_ids = self._apply_results(writes, results)
@@ -749,7 +787,7 @@ class RedisTransactionStore:
             for value in previous:
                 if isinstance(value, Exception):
                     raise value
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except _DOWN as exc:
             self._went_down(exc)
             return False
         fresh = self._last_renewal is not None and started - self._last_renewal < self.lease_ttl * 0.8
@@ -813,22 +851,22 @@ class RedisTransactionStore:
 
     async def load(self, txkey: str) -> StoredTransaction | None:
         """The stored record of ``txkey``, or None."""
-        fields = await self.client.hgetall(tx_key(txkey, self.shards))
+        fields: Any = await self.client.hgetall(tx_key(txkey, self.shards))  # bytes replies
         if not fields:
             return None
         try:
-            text = {name.decode(): value for name, value in fields.items()}
-            snapshot = TransactionSnapshot.from_json(unpack_snapshot(text["s"]))
-            deadline = text["d"].decode()
+            raw = {name.decode(): value for name, value in fields.items()}
+            text = {name: value.decode() for name, value in raw.items() if name != "s"}
+            snapshot = TransactionSnapshot.from_json(unpack_snapshot(raw["s"]))
             return StoredTransaction(
                 txkey=txkey,
                 snapshot=snapshot,
-                owner=text["o"].decode(),
-                incarnation=text["i"].decode(),
+                owner=text["o"],
+                incarnation=text["i"],
                 epoch=int(text["e"]),
                 version=int(text["v"]),
-                released=text.get("r", b"").decode(),
-                next_deadline=float(deadline) if deadline else None,
+                released=text.get("r", ""),
+                next_deadline=float(text["d"]) if text["d"] else None,
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"stored transaction {txkey!r} cannot be read: {exc}") from None
