@@ -10,20 +10,23 @@ Keys (Redis Cluster ready: every script touches the keys of one hash tag)
 A transaction's shard is ``crc32(txkey) % shards`` (stable across processes and
 versions). Every key of shard ``s`` carries the hash tag ``{sip:<s>}``:
 
-``{sip:<s>}:tx:<txkey>``  hash, one per live transaction:
-    ``s`` the snapshot (``TransactionSnapshot.to_json()``, deflated with a preset
-    dictionary, see :func:`pack_snapshot`), ``o`` owner node, ``i`` the owner's
-    incarnation (a random token per store instance), ``e`` epoch, ``v`` version,
-    ``d`` next deadline ("" for none), ``r`` released ("" no, "*" to anyone, or
-    the node id it was handed over to). It expires ``expire_grace`` seconds
-    after its last deadline (``idle_ttl`` after the write when no timer runs,
-    e.g. an INVITE server transaction waiting for its TU), and is deleted when
-    the transaction terminates, right after its final audit entry.
+``{sip:<s>}:tx:<txkey>``  string, one per live transaction: six header lines,
+    then the snapshot (see :data:`RECORD_FIELDS`): ``e`` epoch, ``v`` version,
+    ``o`` owner node, ``i`` the owner's incarnation (a random token per store
+    instance), ``r`` released ("" no, "*" to anyone, or the node id it was
+    handed over to), ``d`` next deadline ("" for none); then the snapshot
+    (``TransactionSnapshot.to_json()`` deflated with a preset dictionary, see
+    :func:`pack_snapshot`). One string, not a hash: a hash whose values exceed
+    64 bytes is a hashtable, whose per-field overhead alone is ~350 bytes. It
+    expires ``expire_grace`` seconds after its last deadline (``idle_ttl``
+    after the write when no timer runs, e.g. an INVITE server transaction
+    waiting for its TU), and is deleted when the transaction terminates, right
+    after its final audit entry.
 ``{sip:<s>}:timers``  sorted set, member txkey, score = next deadline (wall-clock
     seconds): what the Celery sweep reads to serve orphans' timers. Members of
     keys that expired stay behind until the sweep drops them (it must check the
-    hash exists).
-``{sip:<s>}:live``  sorted set, member txkey, score = when its hash expires: the
+    record exists).
+``{sip:<s>}:live``  sorted set, member txkey, score = when its record expires: the
     index behind :meth:`live_keys` and :meth:`owned_by` (no SCAN).
 ``{sip:<s>}:audit``  stream, one entry per stored version (fields in
     :data:`AUDIT_FIELDS`), trimmed with ``MAXLEN ~ audit_maxlen`` per shard.
@@ -239,6 +242,23 @@ def lease_key(shard: int, node_id: str) -> str:
 # Returns one reply per write: {1, epoch} stored (or nothing new to store), or
 # {0, reason, stored epoch, owner} refused.
 COMMIT_LUA: Final = """
+-- A record: "e\\nv\\no\\ni\\nr\\nd\\n" then the packed snapshot (binary, last).
+local function read_record(key)
+  local value = redis.call('GET', key)
+  if not value then return nil end
+  local f, pos = {}, 1
+  for n = 1, 6 do
+    local nl = string.find(value, '\\n', pos, true)
+    if not nl then return redis.error_reply('corrupt transaction record ' .. key) end
+    f[n] = string.sub(value, pos, nl - 1)
+    pos = nl + 1
+  end
+  return {e = tonumber(f[1]), v = tonumber(f[2]), o = f[3], i = f[4], r = f[5], d = f[6],
+          s = string.sub(value, pos)}
+end
+local function record(e, v, o, i, r, d, s)
+  return e .. '\\n' .. v .. '\\n' .. o .. '\\n' .. i .. '\\n' .. r .. '\\n' .. d .. '\\n' .. s
+end
 local node, inc, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local timers, live, audit = KEYS[1], KEYS[2], KEYS[3]
 local replies = {}
@@ -248,8 +268,10 @@ for w = 1, #KEYS - 3 do
   for field in (ARGV[base] .. '\\n'):gmatch('(.-)\\n') do m[#m + 1] = field end
   local mode, epoch, version, deadline = m[1], tonumber(m[2]), tonumber(m[3]), m[4]
   local txkey, released = m[8], m[13]
-  local cur = redis.call('HMGET', key, 'e', 'o', 'i', 'v', 'r')
-  local ce, co, ci, cv, cr = tonumber(cur[1]), cur[2], cur[3], tonumber(cur[4]), cur[5]
+  local cur = read_record(key)
+  if cur and cur.err then return cur end
+  local ce, co, ci, cv, cr = nil, nil, nil, nil, nil
+  if cur then ce, co, ci, cv, cr = cur.e, cur.o, cur.i, cur.v, cur.r end
   local refused = nil
   if ce == nil then
     if mode == 'w' then refused = 'missing' end
@@ -263,7 +285,9 @@ for w = 1, #KEYS - 3 do
   if refused then
     replies[w] = {0, refused, ce or 0, co or ''}
   elseif version <= cv then
-    if released ~= '' then redis.call('HSET', key, 'r', released) end
+    if released ~= '' then
+      redis.call('SET', key, record(ce, cv, co, ci, released, cur.d, cur.s), 'KEEPTTL')
+    end
     replies[w] = {1, epoch}
   else
     redis.call('XADD', audit, 'MAXLEN', '~', maxlen, '*', 'k', txkey, 'v', m[3], 'e', epoch,
@@ -273,9 +297,7 @@ for w = 1, #KEYS - 3 do
       redis.call('ZREM', timers, txkey)
       redis.call('ZREM', live, txkey)
     else
-      redis.call('HSET', key, 's', ARGV[base + 1], 'o', node, 'i', inc, 'e', epoch, 'v', m[3],
-        'd', deadline, 'r', released)
-      redis.call('PEXPIRE', key, m[5])
+      redis.call('SET', key, record(epoch, m[3], node, inc, released, deadline, ARGV[base + 1]), 'PX', m[5])
       if deadline ~= '' then
         redis.call('ZADD', timers, deadline, txkey)
       else
@@ -295,19 +317,37 @@ return replies
 # A transaction this incarnation already owns (and has not released) is returned as is.
 # Returns {1, new epoch, blob} or {0, reason, owner, released}.
 ADOPT_LUA: Final = """
-local cur = redis.call('HMGET', KEYS[1], 'e', 'o', 'i', 'r', 's')
-if not cur[1] then return {0, 'missing', '', ''} end
-local owner, oinc, released = cur[2], cur[3], cur[4] or ''
+-- A record: "e\\nv\\no\\ni\\nr\\nd\\n" then the packed snapshot (binary, last).
+local function read_record(key)
+  local value = redis.call('GET', key)
+  if not value then return nil end
+  local f, pos = {}, 1
+  for n = 1, 6 do
+    local nl = string.find(value, '\\n', pos, true)
+    if not nl then return redis.error_reply('corrupt transaction record ' .. key) end
+    f[n] = string.sub(value, pos, nl - 1)
+    pos = nl + 1
+  end
+  return {e = tonumber(f[1]), v = tonumber(f[2]), o = f[3], i = f[4], r = f[5], d = f[6],
+          s = string.sub(value, pos)}
+end
+local function record(e, v, o, i, r, d, s)
+  return e .. '\\n' .. v .. '\\n' .. o .. '\\n' .. i .. '\\n' .. r .. '\\n' .. d .. '\\n' .. s
+end
+local cur = read_record(KEYS[1])
+if not cur then return {0, 'missing', '', ''} end
+if cur.err then return cur end
+local owner, oinc, released = cur.o, cur.i, cur.r
 if owner == ARGV[1] and oinc == ARGV[2] and released == '' then
-  return {1, tonumber(cur[1]), cur[5]}  -- already ours: this call ran before (a retried round trip)
+  return {1, cur.e, cur.s}  -- already ours: this call ran before (a retried round trip)
 end
 local alive = redis.call('GET', ARGV[3] .. owner) == oinc
 if not (released == '*' or released == ARGV[1] or not alive) then
   return {0, 'owned', owner, released}
 end
-local epoch = tonumber(cur[1]) + 1
-redis.call('HSET', KEYS[1], 'e', epoch, 'o', ARGV[1], 'i', ARGV[2], 'r', '')
-return {1, epoch, cur[5]}
+local epoch = cur.e + 1
+redis.call('SET', KEYS[1], record(epoch, cur.v, ARGV[1], ARGV[2], '', cur.d, cur.s), 'KEEPTTL')
+return {1, epoch, cur.s}
 """
 
 
@@ -851,22 +891,21 @@ class RedisTransactionStore:
 
     async def load(self, txkey: str) -> StoredTransaction | None:
         """The stored record of ``txkey``, or None."""
-        fields: Any = await self.client.hgetall(tx_key(txkey, self.shards))  # bytes replies
-        if not fields:
+        value: Any = await self.client.get(tx_key(txkey, self.shards))  # bytes replies
+        if value is None:
             return None
         try:
-            raw = {name.decode(): value for name, value in fields.items()}
-            text = {name: value.decode() for name, value in raw.items() if name != "s"}
-            snapshot = TransactionSnapshot.from_json(unpack_snapshot(raw["s"]))
+            header, blob = _split_record(value)
+            snapshot = TransactionSnapshot.from_json(unpack_snapshot(blob))
             return StoredTransaction(
                 txkey=txkey,
                 snapshot=snapshot,
-                owner=text["o"],
-                incarnation=text["i"],
-                epoch=int(text["e"]),
-                version=int(text["v"]),
-                released=text.get("r", ""),
-                next_deadline=float(text["d"]) if text["d"] else None,
+                owner=header["o"],
+                incarnation=header["i"],
+                epoch=int(header["e"]),
+                version=int(header["v"]),
+                released=header["r"],
+                next_deadline=float(header["d"]) if header["d"] else None,
             )
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"stored transaction {txkey!r} cannot be read: {exc}") from None
@@ -893,10 +932,16 @@ class RedisTransactionStore:
         if not keys:
             return []
         owners = _checked(
-            await self._pipeline([("hget", (tx_key(txkey, self.shards), "o"), {}) for txkey in keys])
+            await self._pipeline(
+                [("getrange", (tx_key(txkey, self.shards), 0, _HEADER_MAX), {}) for txkey in keys]
+            )
         )
         wanted = node_id.encode()
-        return [txkey for txkey, owner in zip(keys, owners, strict=True) if owner == wanted]
+        return [
+            txkey
+            for txkey, head in zip(keys, owners, strict=True)
+            if head and head.split(b"\n", 3)[2:3] == [wanted]  # e, v, then the owner
+        ]
 
 
 def _only_rearmed(stored: TransactionSnapshot, new: TransactionSnapshot) -> bool:
@@ -922,6 +967,19 @@ def _only_rearmed(stored: TransactionSnapshot, new: TransactionSnapshot) -> bool
             return False
         rearmed = True
     return rearmed
+
+
+# The stored record's header lines, in order; the packed snapshot follows the last one.
+RECORD_FIELDS: Final = ("e", "v", "o", "i", "r", "d")
+_HEADER_MAX: Final = 511  # bytes: numbers, two node ids (<= 200 each), a token, a deadline
+
+
+def _split_record(value: bytes) -> tuple[dict[str, str], bytes]:
+    parts = value.split(b"\n", len(RECORD_FIELDS))
+    if len(parts) != len(RECORD_FIELDS) + 1:
+        raise ValueError("the record has fewer header lines than RECORD_FIELDS")
+    header = {name: part.decode() for name, part in zip(RECORD_FIELDS, parts, strict=False)}
+    return header, parts[-1]
 
 
 def _checked(replies: list[Any]) -> list[Any]:

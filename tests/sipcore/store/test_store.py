@@ -73,6 +73,7 @@ def test_commit_stores_snapshot_owner_epoch_timer_and_audit(run, sync_redis, wal
         b"0",
     )
     assert float(entry["at"]) == wall
+    assert entry["ev"] == str(getattr(tx, "last_event", "") or "").encode()
     # The audit carries the plain snapshot JSON: the ingester needs nothing of the store.
     assert TransactionSnapshot.from_json(entry["snap"]) == tx.snapshot()
 
@@ -103,10 +104,12 @@ def test_commits_of_consecutive_turns_keep_their_order(run, sync_redis, wall):
         first = store.commit([tx], wall)
         tx.receive(ack_for(tx), wall + 0.1)  # Completed -> Confirmed, next turn
         second = store.commit([tx], wall + 0.1)
-        return await first, await second, await store.load(str(tx.key))
+        results = await first, await second
+        return *results, await store.load(str(tx.key)), store.pipelines
 
-    first, second, stored = run(scenario)
+    first, second, stored, pipelines = run(scenario)
     assert first == second == set()
+    assert pipelines == 1  # queued while none was in flight: one round trip for both
     assert stored.snapshot.state == "Confirmed"
     assert stored.version == tx.version
     assert [e["st"] for e in audit_entries(sync_redis, str(tx.key))] == [b"Completed", b"Confirmed"]
@@ -178,10 +181,10 @@ def test_write_with_a_stale_epoch_is_refused_and_nothing_of_it_lands(run, sync_r
         adopted = await b.adopt(txkey, UDP_B, wall + 0.1)
         assert adopted is not None
         assert b.epoch_of(txkey) == 2
-        before = (stream_lengths(sync_redis), sync_redis.hgetall(tx_key(txkey)))
+        before = (stream_lengths(sync_redis), sync_redis.get(tx_key(txkey)))
         tx.receive(ack_for(tx), wall + 0.2)  # node-a goes on behind its fence
         refused = await a.commit([tx], wall + 0.2)
-        after = (stream_lengths(sync_redis), sync_redis.hgetall(tx_key(txkey)))
+        after = (stream_lengths(sync_redis), sync_redis.get(tx_key(txkey)))
         return refused, before, after, a.epoch_of(txkey), a.refused_total, await b.load(txkey)
 
     refused, before, after, a_epoch, refused_total, stored = run(scenario)
@@ -190,6 +193,27 @@ def test_write_with_a_stale_epoch_is_refused_and_nothing_of_it_lands(run, sync_r
     assert a_epoch is None  # node-a no longer holds it
     assert after == before  # neither the hash nor any audit stream changed
     assert (stored.owner, stored.epoch, stored.snapshot.state) == ("node-b", 2, "Completed")
+
+
+def test_a_refusal_in_a_batch_leaves_the_others_of_its_shard_stored(run, sync_redis, wall):
+    """One script per shard runs every write of that shard; each is fenced on its own."""
+    first = busy_invite(50, wall)
+    shard = shard_of(str(first.key))
+    same = next(tx for n in range(51, 500) if shard_of(str((tx := busy_invite(n, wall)).key)) == shard)
+
+    async def scenario(stores):
+        a, b = stores("node-a"), stores("node-b")
+        await a.commit([first, same], wall)
+        await b.adopt(str(first.key), UDP_B, wall)
+        for tx in (first, same):
+            tx.receive(ack_for(tx), wall + 0.1)
+        refused = await a.commit([first, same], wall + 0.1)
+        return refused, await a.load(str(first.key)), await a.load(str(same.key))
+
+    refused, taken, kept = run(scenario)
+    assert refused == {first}
+    assert (taken.owner, taken.snapshot.state) == ("node-b", "Completed")
+    assert (kept.owner, kept.snapshot.state, kept.version) == ("node-a", "Confirmed", same.version)
 
 
 def test_a_refused_writer_stays_refused(run, wall):
@@ -527,8 +551,48 @@ def test_a_completed_invite_server_transaction_takes_at_most_1kb_in_redis(run, s
     run(scenario)
     usage = sync_redis.memory_usage(tx_key(str(tx.key)), samples=0)
     assert usage <= 1024, usage
-    stored = sync_redis.hget(tx_key(str(tx.key)), "s")
+    stored = sync_redis.get(tx_key(str(tx.key)))
+    header, _, _ = stored.rpartition(b"\n")
+    assert header.split(b"\n")[:3] == [b"1", str(tx.version).encode(), b"node-a"]  # e, v, o
     assert len(stored) < len(tx.snapshot().to_json()) / 2  # deflated with the preset dictionary
+
+
+def test_size_holds_for_addresses_and_tags_the_dictionary_does_not_know(run, sync_redis, wall):
+    """The preset dictionary is built from SIPp's messages; other peers' text (IPv6
+    hosts, long Call-IDs and tags) must fit too."""
+    from sipcore.sip import InviteServerTransaction, TransportInfo, make_response, parse_message
+
+    sdp = (
+        "v=0\r\no=- 3912345678 3912345678 IN IP6 2001:db8::8f3a:21\r\ns=call\r\n"
+        "c=IN IP6 2001:db8::8f3a:21\r\nt=0 0\r\nm=audio 31472 RTP/AVP 0 8 101\r\n"
+        "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
+        "a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
+    text = (
+        "INVITE sip:+34912345678@pbx.example.net;user=phone SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP [2001:db8::8f3a:21]:5080;branch=z9hG4bKa8f0c1e2d3b4a5968778;rport\r\n"
+        'From: "Técnico 17" <sip:tech17@trunk.example.org>;tag=a73kszlfl28sj3k2\r\n'
+        "To: <sip:+34912345678@pbx.example.net;user=phone>\r\n"
+        "Call-ID: 4f8a9c2e-1b3d-4e5f-a6b7-c8d9e0f1a2b3@2001:db8::8f3a:21\r\n"
+        "CSeq: 314159 INVITE\r\n"
+        "Contact: <sip:tech17@[2001:db8::8f3a:21]:5080;transport=udp>\r\n"
+        "Max-Forwards: 69\r\n"
+        "User-Agent: FieldPhone/4.2.1\r\n"
+        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp.encode())}\r\n\r\n{sdp}"
+    )
+    request = parse_message(text.encode())
+    info = TransportInfo("UDP", False, ("2001:db8::1", 5060), ("2001:db8::8f3a:21", 5080))
+    tx = InviteServerTransaction(request, info, wall)
+    tx.send_response(make_response(request, 486, to_tag="4c9e2a7f1b"), wall)
+
+    async def scenario(stores):
+        await stores("node-with-a-longer-name-01").commit([tx], wall)
+
+    run(scenario)
+    usage = sync_redis.memory_usage(tx_key(str(tx.key)), samples=0)
+    assert usage <= 1024, (usage, len(tx.snapshot().to_json()))
 
 
 def test_pack_round_trips_and_unpack_refuses_what_is_not_ours(wall):
@@ -549,7 +613,12 @@ def test_load_names_a_corrupt_record(run, sync_redis, wall):
     async def scenario(stores):
         store = stores("node-a")
         await store.commit([tx], wall)
-        sync_redis.hset(tx_key(str(tx.key)), "s", b"\x01garbage")
+        record = sync_redis.get(tx_key(str(tx.key)))
+        header = record.split(b"\n", 6)[:6]
+        sync_redis.set(tx_key(str(tx.key)), b"\n".join([*header, b"\x01garbage"]))
+        with pytest.raises(CorruptRecordError):
+            await store.load(str(tx.key))
+        sync_redis.set(tx_key(str(tx.key)), b"1\n2\nnode-a")  # header cut short
         with pytest.raises(CorruptRecordError):
             await store.load(str(tx.key))
 
