@@ -30,6 +30,8 @@ versions). Every key of shard ``s`` carries the hash tag ``{sip:<s>}``:
     index behind :meth:`live_keys` and :meth:`owned_by` (no SCAN).
 ``{sip:<s>}:audit``  stream, one entry per stored version (fields in
     :data:`AUDIT_FIELDS`), trimmed with ``MAXLEN ~ audit_maxlen`` per shard.
+    A transaction's versions appear in order, once each, but not all of them:
+    a lazy re-arm (below) is not stored. ``end`` is "1" on the last entry.
     The ingester must keep up within that window: at 3,000 INVITE->486->ACK/s,
     about 4 versions each, over 16 shards, the default 20,000 entries per shard
     hold some 25 s of history (~1.5 KB an entry: ~480 MB at most in all).
@@ -48,8 +50,9 @@ at once instead of after the lease the new process keeps renewing.
 Fencing (every write is one Lua script, atomic)
 -----------------------------------------------
 A write carries the epoch the writer holds; it is refused, and nothing of it
-lands (no hash change, no timer, no audit entry), when the stored epoch,
-owner or released flag says the writer no longer holds it. A transaction new
+lands (no record change, no timer, no audit entry), when the stored epoch,
+owner or released flag says the writer no longer holds it (a released
+transaction is written again only after an adoption, even by its owner). A transaction new
 to this node is created at epoch 1 only if its key does not exist; when it
 exists (another node, or an earlier process of this one, stored it) the write
 is refused: the layer must ``adopt`` it instead. Adoption bumps the epoch, so
@@ -60,7 +63,8 @@ Group commit
 ``commit(changed, now)`` snapshots, encodes and compresses each changed
 transaction *synchronously* (the state of that loop turn), queues the writes
 and returns a future. One writer task sends everything queued as one pipeline
-of EVALSHA calls (one round trip; a cluster client splits it by slot) and,
+with one EVALSHA per shard touched (one round trip; a cluster client splits it
+by slot; inside a shard's script each write is fenced on its own) and,
 while it waits, the next turns' commits queue up behind it and go together in
 the next pipeline. So writes reach Redis in the order they were made, and a
 burst of turns costs one round trip per pipeline, not per turn.
@@ -643,9 +647,8 @@ class RedisTransactionStore:
             missing = []
             for (shard, indexes), reply in zip(pending, out, strict=True):
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing.append(
-                        (shard, indexes)
-                    )  # Redis restarted (or a new cluster node): it did not run
+                    # Redis restarted (or a new cluster node): the script did not run.
+                    missing.append((shard, indexes))
                 elif isinstance(reply, Exception):
                     raise reply
                 else:
@@ -857,8 +860,10 @@ class RedisTransactionStore:
     async def run_leases(self, interval: float = LEASE_INTERVAL) -> None:
         """Renew the lease every ``interval`` seconds until cancelled."""
         while True:
-            with contextlib.suppress(StoreError):
+            try:
                 await self.renew_lease()
+            except Exception:  # a bug must not stop the renewals (the node would lose everything)
+                log.exception("renewing the lease of node %s failed", self.node_id)
             await asyncio.sleep(interval)
 
     def start_leases(self, interval: float = LEASE_INTERVAL) -> asyncio.Task[None]:
