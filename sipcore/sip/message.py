@@ -481,7 +481,7 @@ def _tag(headers: Headers, key: str) -> str | None:
 
 
 class Request(Message):
-    __slots__ = ("method", "uri")
+    __slots__ = ("_parsed_uri", "method", "uri")
 
     def __init__(
         self, method: str, uri: str, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b""
@@ -490,6 +490,7 @@ class Request(Message):
             raise ParseError(f"method {method!r} is not a token")
         self.method = method
         self.uri = uri
+        self._parsed_uri: tuple[str, Uri] | None = None
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.body = bytes(body)
 
@@ -498,11 +499,20 @@ class Request(Message):
 
     @property
     def request_uri(self) -> Uri:
+        """The Request-URI parsed (ParseError if it does not parse), once per text of ``uri``."""
+        uri = self.uri
+        memo = self._parsed_uri
+        if memo is not None and memo[0] == uri:  # a Uri is immutable; ``uri`` may be replaced
+            return memo[1]
         # Parsed messages had its length and parameters bounded by the request line's check.
-        return parse_uri(self.uri, "Request-URI", limits=None)
+        parsed = parse_uri(uri, "Request-URI", limits=None)
+        self._parsed_uri = (uri, parsed)
+        return parsed
 
     def copy(self) -> Request:
-        return Request(self.method, self.uri, self.headers.copy(), self.body)
+        copied = Request(self.method, self.uri, self.headers.copy(), self.body)
+        copied._parsed_uri = self._parsed_uri
+        return copied
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):
@@ -713,7 +723,7 @@ def _parse_lines(text: str, limits: ParserLimits, many_params: bool) -> Request 
     else:
         method, uri = _parse_request_line(first, limits, careful)  # 414 before 513 for a long URI
         message = Request.__new__(Request)
-        message.method, message.uri = method, uri
+        message.method, message.uri, message._parsed_uri = method, uri, None
 
     if longest > limits.max_header_length:
         at, line = next((at, line) for at, line in enumerate(lines) if len(line) > limits.max_header_length)

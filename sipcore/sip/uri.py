@@ -12,7 +12,7 @@ from typing import Final
 from urllib.parse import unquote
 
 from sipcore.sip.errors import LimitError, ParseError
-from sipcore.sip.grammar import HOST, IPV6_ADDRESS, PORT, URI_SCHEME
+from sipcore.sip.grammar import HOST, IPV6_ADDRESS, PORT, PORT_NUMBER, URI_SCHEME
 from sipcore.sip.limits import DEFAULT_LIMITS, ParserLimits
 
 # Linear by construction as in sipcore.sip.grammar: possessive runs, and the two
@@ -36,6 +36,15 @@ _HEADERS: Final = rf"{_HCHARS}++={_HCHARS}*+(?:&{_HCHARS}++={_HCHARS}*+)*+"
 SIP_URI_RE: Final = re.compile(
     rf"(?i:(sips?)):(?:({_USER})(?::({_PASSWORD}))?+@)?+({HOST})(?::({PORT}))?+({_URI_PARAMS})"
     rf"(?:\?({_HEADERS}))?+"
+)
+# The plain spelling most URIs have: lower-case scheme, no escapes, no IPv6
+# reference, no headers, a port of 0-65535. It accepts a strict subset of
+# SIP_URI_RE with the same groups 1-6 (each run stops where SIP_URI_RE's does), so
+# a miss only means "take SIP_URI_RE and its checks"; linear the same way.
+_PLAIN_SIP_URI_RE: Final = re.compile(
+    rf"(sips?):(?:([{_UNRESERVED}&=+$,;?/]++)(?::([{_UNRESERVED}&=+$,]*+))?+@)?+"
+    rf"([A-Za-z0-9][A-Za-z0-9\-.]*+)(?::({PORT_NUMBER}))?+"
+    rf"((?:;[\[\]/:&+${_UNRESERVED}]++(?:=[\[\]/:&+${_UNRESERVED}]*+)?+)*+)"
 )
 SCHEME_RE: Final = re.compile(URI_SCHEME)
 # absoluteURI's opaque part: any URI characters, no white space or delimiters.
@@ -100,6 +109,31 @@ class SipUri:
         return self.param("lr") is not None
 
 
+_new: Final = object.__new__
+# The slots' own setters: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (the generic lookup, for every field of every URI).
+_SET_SCHEME, _SET_USER, _SET_PASSWORD, _SET_HOST, _SET_PORT, _SET_PARAMS, _SET_HEADERS, _SET_TEXT = (
+    SipUri.__dict__[name].__set__
+    for name in ("scheme", "user", "password", "host", "port", "params", "headers", "text")
+)
+
+
+def _sip_uri(match: re.Match[str], scheme: str, headers: str | None) -> SipUri:
+    """``SipUri(...)`` from a match of SIP_URI_RE's groups 1-6, at half the cost of
+    the dataclass's __init__: the same object, every field set once."""
+    uri: SipUri = _new(SipUri)
+    port = match[5]
+    _SET_SCHEME(uri, scheme)
+    _SET_USER(uri, match[2])
+    _SET_PASSWORD(uri, match[3])
+    _SET_HOST(uri, match[4])
+    _SET_PORT(uri, None if port is None else int(port))
+    _SET_PARAMS(uri, _split_params(match[6]))
+    _SET_HEADERS(uri, headers)
+    _SET_TEXT(uri, match.string)
+    return uri
+
+
 @dataclass(frozen=True, slots=True)
 class TelUri:
     """A tel URI (RFC 3966): the number and its parameters."""
@@ -129,6 +163,8 @@ Uri = SipUri | TelUri | AbsoluteUri
 
 
 def _split_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    if not text:
+        return ()
     params = []
     for item in text.split(";")[1:]:
         name, eq, value = item.partition("=")
@@ -202,22 +238,16 @@ def parse_uri(text: str, context: str = "URI", *, limits: ParserLimits | None = 
     if limits is not None:
         check_uri_length(text, context, limits)
         check_uri_params(text, context, limits)
+    plain = _PLAIN_SIP_URI_RE.fullmatch(text)
+    if plain is not None:
+        return _sip_uri(plain, plain[1], None)
     scheme_match = SCHEME_RE.match(text)
     if scheme_match is None:
         raise ParseError(f"{context}: {text[:80]!r} has no URI scheme")
     scheme = scheme_match[0][:-1].lower()
     if scheme in ("sip", "sips"):
         match = validate_sip_uri(text, context)
-        return SipUri(
-            scheme=scheme,
-            user=match[2],
-            password=match[3],
-            host=match[4],
-            port=int(match[5]) if match[5] is not None else None,
-            params=_split_params(match[6]),
-            headers=match[7],
-            text=text,
-        )
+        return _sip_uri(match, scheme, match[7])
     rest = text[scheme_match.end() :]
     if not rest or OPAQUE_RE.fullmatch(rest) is None:
         raise ParseError(f"{context}: {text[:80]!r} is not a valid URI")
