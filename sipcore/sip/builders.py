@@ -116,8 +116,8 @@ def make_response(
         lines += [f"Record-Route: {route.string}" for route in record_routes if route.start() == 0]
         seeds["record-route"] = list(record_routes)
     response_headers = Headers._trusted(lines, seeds, others)
-    for name, value in headers:
-        response_headers.add(name, value)
+    if headers:
+        response_headers._add_all(headers)
     if content_type is not None:
         response_headers.add("Content-Type", content_type)
     if "content-length" in response_headers._seeds:

@@ -260,6 +260,20 @@ class Headers:
             self._typed.pop(key, None)
         self._lines.append(f"{name}: {value}")
 
+    def _add_all(self, fields: Iterable[tuple[str, str]]) -> None:
+        """``add`` each field. An unchecked header spelled as we spell it (a token, no
+        rule) takes only add's CR/LF check, without a call and an ``_own`` of its own."""
+        self._own()
+        lines, others = self._lines, self._others  # kept by add(): no longer shared
+        for name, value in fields:
+            entry = _ENTRY_OF_SPELLING.get(name)
+            if entry is None or entry[2] is not None or "\r" in value or "\n" in value:
+                self.add(name, value)
+            else:
+                stripped = value.strip(" \t")
+                lines.append(f"{name}: {stripped}")
+                others.add(entry[0])
+
     def remove(self, name: str) -> None:
         """Remove every line of header ``name``."""
         key = canonical_key(name)

@@ -178,3 +178,45 @@ def test_lookups_on_a_built_response_match_its_lines(status_code):
     assert_lookups_match_the_lines(response.headers)
     assert response.headers.get("Content-Length") == "1"
     assert response.headers.get_all("Via") == request.headers.get_all("Via")
+
+
+EXTRA_FIELDS = [
+    ("Allow", "INVITE, ACK, CANCEL, OPTIONS, BYE"),
+    ("Accept", "  application/sdp "),
+    ("Supported", "timer"),
+    ("k", "path"),
+    ("supported", "gruu"),
+    ("X-Custom", "1"),
+    ("Contact", "<sip:me@192.0.2.1>"),
+    ("User-Agent", "callops"),
+]
+
+
+def test_a_response_takes_the_callers_headers_as_add_would():
+    request = parse_message(SHAPES.replace(b"REGISTER", b"OPTIONS", 1).replace(b"1 REGISTER", b"1 OPTIONS"))
+    built = make_response(request, 200, to_tag="t1", headers=EXTRA_FIELDS)
+    by_add = make_response(request, 200, to_tag="t1")
+    by_add.headers.remove("Content-Length")
+    for name, value in EXTRA_FIELDS:
+        by_add.headers.add(name, value)
+    by_add.headers.add("Content-Length", "0")
+    assert bytes(built) == bytes(by_add)
+    assert_lookups_match_the_lines(built.headers)
+    assert built.contact == by_add.contact
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        ("Allow", "INVITE\r\nX-Injected: 1"),
+        ("Accept", "a\nb"),
+        ("Bad Name", "x"),
+        ("Contact", "not an address"),
+    ],
+)
+def test_a_response_refuses_what_add_refuses(field):
+    request = parse_message(SHAPES.replace(b"REGISTER", b"OPTIONS", 1).replace(b"1 REGISTER", b"1 OPTIONS"))
+    with pytest.raises(ParseError):
+        Headers().add(*field)
+    with pytest.raises(ParseError):
+        make_response(request, 200, headers=[("Allow", "INVITE"), field])
