@@ -243,8 +243,9 @@ def lease_key(shard: int, node_id: str) -> str:
 # mode "c": create at epoch 1 if the key does not exist (or is this incarnation's own
 #           create, already applied); "w": write with the epoch held; "s": resync, as "w"
 #           but a missing key is created again with the epoch held (Redis lost it).
-# Returns one reply per write: {1, epoch} stored (or nothing new to store), or
-# {0, reason, stored epoch, owner} refused.
+# Returns one line per write, joined by newlines (one bulk reply parses far faster than
+# nested arrays): "1 <epoch>" stored (or nothing new to store), or
+# "0 <reason> <stored epoch> <owner>" refused.
 COMMIT_LUA: Final = """
 -- A record: "e\\nv\\no\\ni\\nr\\nd\\n" then the packed snapshot (binary, last).
 local function read_record(key)
@@ -287,12 +288,12 @@ for w = 1, #KEYS - 3 do
     refused = 'fenced'
   end
   if refused then
-    replies[w] = {0, refused, ce or 0, co or ''}
+    replies[w] = '0 ' .. refused .. ' ' .. (ce or 0) .. ' ' .. (co or '')
   elseif version <= cv then
     if released ~= '' then
       redis.call('SET', key, record(ce, cv, co, ci, released, cur.d, cur.s), 'KEEPTTL')
     end
-    replies[w] = {1, epoch}
+    replies[w] = '1 ' .. epoch
   else
     redis.call('XADD', audit, 'MAXLEN', '~', maxlen, '*', 'k', txkey, 'v', m[3], 'e', epoch,
       'o', node, 'kind', m[9], 'st', m[10], 'ev', m[11], 'at', m[12], 'snap', ARGV[base + 2], 'end', m[7])
@@ -309,10 +310,10 @@ for w = 1, #KEYS - 3 do
       end
       redis.call('ZADD', live, m[6], txkey)
     end
-    replies[w] = {1, epoch}
+    replies[w] = '1 ' .. epoch
   end
 end
-return replies
+return table.concat(replies, '\\n')
 """
 
 # KEYS: tx.  ARGV: node, incarnation, lease prefix of the shard.
@@ -603,7 +604,7 @@ class RedisTransactionStore:
     def _apply_results(self, writes: list[_Write], results: list[Any]) -> set[int]:
         refused: set[int] = set()
         for write, result in zip(writes, results, strict=True):
-            if int(result[0]) == 1:
+            if result[0] == b"1":
                 unsynced = self._unsynced.get(write.txkey)
                 if unsynced is write.tx and (write.terminated or write.tx.version == write.version):
                     del self._unsynced[write.txkey]  # stored as it is now
@@ -652,8 +653,8 @@ class RedisTransactionStore:
                 elif isinstance(reply, Exception):
                     raise reply
                 else:
-                    for index, result in zip(indexes, reply, strict=True):
-                        results[index] = result
+                    for index, line in zip(indexes, reply.split(b"\n"), strict=True):
+                        results[index] = line.split(b" ", 3)
             if not missing:
                 break
             sha = await self._sha("commit", COMMIT_LUA, reload=True)
