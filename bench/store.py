@@ -125,7 +125,7 @@ async def _calls(
 
 
 def store_bench(
-    url: str | None = None, batches: tuple[int, ...] = (50, 500), calls: int = 3000, repeats: int = 3
+    url: str | None = None, batches: tuple[int, ...] = (50, 500), calls: int = 3000, repeats: int = 5
 ) -> list[Row]:
     """Measure and return one :class:`Row` per batch size (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,7 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="measure against this Redis (default: a private redis-server)")
     parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(report(store_bench(args.url, calls=args.calls, repeats=args.repeats)))
 

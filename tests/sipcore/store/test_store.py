@@ -434,6 +434,24 @@ def test_handed_over_transaction_is_anyones_once_the_owner_is_dead(run, wall):
     assert run(scenario) is not None
 
 
+def test_resync_refuses_what_another_node_took_meanwhile(run, wall):
+    """Resync creates a key Redis lost, but never overwrites another owner's epoch."""
+    taken, kept = busy_invite(60, wall), busy_invite(61, wall)
+
+    async def scenario(stores):
+        a, b = stores("node-a"), stores("node-b")
+        await a.commit([taken, kept], wall)  # node-a renews no lease: it counts as dead
+        assert await b.adopt(str(taken.key), UDP_B, wall) is not None
+        refused = await a.resync([taken, kept])
+        return refused, a.durable, await a.load(str(taken.key)), await a.load(str(kept.key))
+
+    refused, durable, stored_taken, stored_kept = run(scenario)
+    assert refused == {taken}
+    assert durable
+    assert (stored_taken.owner, stored_taken.epoch) == ("node-b", 2)
+    assert (stored_kept.owner, stored_kept.epoch) == ("node-a", 1)
+
+
 # --- leases, inspection --------------------------------------------------------------
 
 
