@@ -97,7 +97,7 @@ import contextlib
 import logging
 import secrets
 import zlib
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -394,6 +394,7 @@ class _Batch:
 
     writes: list[_Write]
     future: asyncio.Future[set[Transaction]]
+    unheard: bool = False  # nobody awaits the future: refusals go to on_lost
 
 
 # --- the store -------------------------------------------------------------------
@@ -421,6 +422,7 @@ class RedisTransactionStore:
         audit_maxlen: int = AUDIT_MAXLEN,
         timeout: float = COMMIT_TIMEOUT,
         lazy_rearm: bool = True,
+        on_lost: Callable[[set[Transaction]], object] | None = None,
     ):
         if not node_id or any(ch in node_id for ch in "{}*\r\n") or len(node_id) > 200:
             raise ValueError(f"node id {node_id!r} must be 1-200 characters without braces, '*' or newlines")
@@ -438,6 +440,9 @@ class RedisTransactionStore:
         self.audit_maxlen = audit_maxlen
         self.timeout = timeout
         self.lazy_rearm = lazy_rearm
+        # Told of transactions refused where no commit caller hears it (a resync after an
+        # outage): another node took them meanwhile; the node drops them and sends nothing.
+        self.on_lost = on_lost
         self.durable = True
         # What this node holds: txkey -> epoch, the live transaction, the last snapshot queued.
         self._epochs: dict[str, int] = {}
@@ -591,8 +596,11 @@ class RedisTransactionStore:
                 log.exception("the transaction store failed to write %d transactions", len(writes))
                 continue
             for batch in batches:
+                refused = {w.tx for w in batch.writes if id(w) in refused_by_write}
                 if not batch.future.done():
-                    batch.future.set_result({w.tx for w in batch.writes if id(w) in refused_by_write})
+                    batch.future.set_result(refused)
+                if batch.unheard and refused:
+                    self._lost(refused)
 
     def _resolve_down(self, batches: list[_Batch]) -> None:
         for batch in batches:
@@ -752,6 +760,7 @@ class RedisTransactionStore:
         """Store each transaction's latest state and release it (to anyone, or to the
         node ``to``), keeping its epoch; returns the refused ones. This node stops
         holding them: it must not act on them any more (graceful stop, migration).
+        StoreUnavailableError if Redis is down: nothing was released, it still holds them.
         """
         if to != "*" and (not to or any(ch in to for ch in "{}*\r\n")):
             raise ValueError(f"cannot release to node id {to!r}")
@@ -774,7 +783,8 @@ class RedisTransactionStore:
     async def hand_over(self, txkey: str, target_node: str, now: float) -> bool:
         """Release the held transaction ``txkey`` to ``target_node`` only: while this
         node's lease lives, only the target may adopt it (if this node dies,
-        anyone may). False if this node does not hold it or the write was refused."""
+        anyone may). False if this node does not hold it or the write was refused;
+        StoreUnavailableError if Redis is down (this node still holds it)."""
         tx = self._held.get(txkey)
         if tx is None:
             return False
@@ -802,8 +812,17 @@ class RedisTransactionStore:
         # What changed while this resync was on its way goes in the next pipeline.
         later = [w for tx in list(self._unsynced.values()) if (w := self._prepare(tx, now, resync=True))]
         if later:
-            self._enqueue(_Batch(later, asyncio.get_running_loop().create_future()))
+            self._enqueue(_Batch(later, asyncio.get_running_loop().create_future(), unheard=True))
         return {w.tx for w in writes if id(w) in refused_ids}
+
+    def _lost(self, refused: set[Transaction]) -> None:
+        log.warning(
+            "%d transactions were taken by other nodes while Redis was away",
+            len(refused),
+            extra={"event": "sip_store_lost"},
+        )
+        if self.on_lost is not None:
+            self.on_lost(refused)
 
     # --- leases ---
 
@@ -837,7 +856,7 @@ class RedisTransactionStore:
         fresh = self._last_renewal is not None and started - self._last_renewal < self.lease_ttl * 0.8
         self._last_renewal = started
         mine = self.incarnation.encode()
-        if any(value not in (None, mine) for value in previous):
+        if fresh and any(value not in (None, mine) for value in previous):
             log.warning(
                 "another process renews the lease of node %s",
                 self.node_id,
@@ -855,7 +874,7 @@ class RedisTransactionStore:
             except StoreUnavailableError:
                 return False
             if refused:
-                log.warning("%d transactions were taken by other nodes while Redis was away", len(refused))
+                self._lost(refused)
         return True
 
     async def run_leases(self, interval: float = LEASE_INTERVAL) -> None:

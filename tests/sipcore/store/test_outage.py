@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from callops.devstack import PrivateRedis
 from sipcore.store import RedisTransactionStore, StoreUnavailableError, audit_key, shard_of
-from tests.sipcore.store.conftest import ack_for, busy_invite
+from tests.sipcore.store.conftest import UDP_B, ack_for, busy_invite
 
 
 @pytest.fixture
@@ -106,3 +106,42 @@ def test_a_restart_between_two_renewals_is_noticed_and_everything_stored_again(k
     assert refused == set()
     assert all(s is not None and s.epoch == 1 for s in loaded)
     assert loaded[0].snapshot.state == "Confirmed"
+
+
+def test_what_another_node_took_while_redis_was_away_is_reported_lost(killable_redis, wall):
+    """Redis comes back empty; before node-a resyncs, node-b (which a retransmission
+    reached) creates one of node-a's transactions anew. Node-a's resync is refused
+    for it, and on_lost tells the node to drop it; the other is stored again."""
+    mine, disputed = busy_invite(70, wall), busy_invite(71, wall)
+    lost: list[set] = []
+
+    async def scenario():
+        clients = [
+            aioredis.Redis.from_url(killable_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            for _ in range(2)
+        ]
+        a = RedisTransactionStore(clients[0], "node-a", on_lost=lost.append)
+        b = RedisTransactionStore(clients[1], "node-b")
+        try:
+            assert await a.renew_lease()
+            assert await a.commit([mine, disputed], wall) == set()
+            kill(killable_redis)
+            mine.receive(ack_for(mine), wall + 0.1)
+            await a.commit([mine], wall + 0.1)
+            assert not a.durable
+            killable_redis.start()
+            await b.renew_lease()
+            again = busy_invite(71, wall + 0.2, UDP_B)
+            assert await b.commit([again], wall + 0.2) == set()
+            assert await a.renew_lease()
+            await a.flush()
+            return await a.load(str(mine.key)), await a.load(str(disputed.key)), a.epoch_of(str(disputed.key))
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    stored_mine, stored_disputed, epoch = asyncio.run(scenario())
+    assert lost == [{disputed}]
+    assert epoch is None  # node-a let it go
+    assert (stored_mine.owner, stored_mine.snapshot.state) == ("node-a", "Confirmed")
+    assert (stored_disputed.owner, stored_disputed.epoch) == ("node-b", 1)
