@@ -75,8 +75,9 @@ from the stored snapshot is that retransmission timers (A, E, G; RFC 3261
 A restore from the stored snapshot behaves the same: the same state, messages
 and timeouts (B, F, H... and the key's expiry are unchanged); its re-arm timer
 is due, so an adopter fires it once, retransmits (a retransmission the peer
-absorbs, §17.1.1.2) and re-arms from its own ``now``. ``release`` and
-``hand_over`` always write the latest state.
+absorbs, §17.1.1.2) and re-arms from its own ``now``. The timer set keeps the
+earlier deadline, so a sweep serving an orphan finds it due and does just that.
+``release`` and ``hand_over`` always write the latest state.
 
 Redis down
 ----------
