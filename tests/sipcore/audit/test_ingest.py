@@ -7,6 +7,7 @@ from django.db import OperationalError, connection, connections, transaction
 
 from sipcore.audit import (
     GROUP,
+    _insert_ignoring_conflicts,
     _record,
     audit_lag,
     dead_letter_stream,
@@ -245,3 +246,19 @@ def test_many_transactions_over_many_shards_each_version_exactly_once(r):
 def test_non_invite_client_versions_are_ordered():
     versions = non_invite_client_versions()
     assert [v.snapshot.state for v in versions] == ["Trying", "Trying", "Trying", "Completed", "Terminated"]
+
+
+@pytest.mark.django_db
+def test_a_racing_insert_of_a_recorded_version_is_skipped_not_applied(r):
+    """Two consumers of one shard may both insert a version: the second insert is a no-op."""
+    versions = invite_server_versions()
+    xadd(r, SHARD, versions[:2])
+    ingest_batch(r, SHARD, "c1")
+    original = TransactionSnapshotRecord.objects.get(version=1)
+    forged = TransactionSnapshotRecord(
+        **{f.attname: getattr(original, f.attname) for f in TransactionSnapshotRecord._meta.concrete_fields},
+    )
+    forged.pk, forged.state, forged.event = None, "Completed", "forged"
+    _insert_ignoring_conflicts(TransactionSnapshotRecord, [forged])
+    assert TransactionSnapshotRecord.objects.count() == 2
+    assert TransactionSnapshotRecord.objects.get(version=1).event == original.event
