@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Final, Literal
 
 from sipcore.sip.builders import MAGIC_COOKIE
 from sipcore.sip.message import Request, Response
@@ -25,6 +25,9 @@ def is_rfc3261_branch(branch: str | None) -> bool:
 
 def default_port(transport: str) -> int:
     return 5061 if transport.upper() in ("TLS", "WSS") else 5060
+
+
+_COOKIE_LENGTH: Final = len(MAGIC_COOKIE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,23 +78,26 @@ class TransactionKey:
         # The key is read off the headers once per change of them (the layer, the
         # transaction and its retransmissions ask again); the method and the URI
         # are the request's own attributes, so they are part of what is remembered.
-        memo = request.headers._memo
+        headers = request.headers
+        memo = headers._memo
+        method = request.method
         remembered = memo.get("server-key")
-        if remembered is not None and remembered[0] == request.method and remembered[1] == request.uri:
+        if remembered is not None and remembered[0] == method and remembered[1] == request.uri:
             key: TransactionKey = remembered[2]
             return key
-        method = "INVITE" if request.method == "ACK" else request.method
-        via_seeds = request.headers._seeds.get("via")
+        via_seeds = headers._seeds.get("via")
         if not via_seeds:
             raise ValueError("a request without Via belongs to no transaction")
         branch = request.branch
-        if is_rfc3261_branch(branch):
+        key_method = "INVITE" if method == "ACK" else method
+        # §17.2.3: an RFC 3261 branch (the magic cookie and more, §8.1.1.7) and the sent-by.
+        if branch is not None and len(branch) > _COOKIE_LENGTH and branch.startswith(MAGIC_COOKIE):
             top_via = via_seeds[0]  # groups: protocol, version, transport, host, port, params
             port = top_via[5] or default_port(top_via[3])
-            key = cls("server", method, branch=branch or "", sent_by=f"{top_via[4].lower()}:{port}")
+            key = _server_key(key_method, branch, f"{top_via[4].lower()}:{port}")
         else:
-            key = cls("server", method, legacy=_rfc2543_digest(request, request.to_tag))
-        memo["server-key"] = (request.method, request.uri, key)
+            key = cls("server", key_method, legacy=_rfc2543_digest(request, request.to_tag))
+        memo["server-key"] = (method, request.uri, key)
         return key
 
     @classmethod
@@ -104,7 +110,7 @@ class TransactionKey:
         the ACK's To tag against the response it sent.
         """
         key = cls.for_server(request)
-        if request.method != "ACK" or not key.is_rfc2543 or request.to_tag is None:
+        if not key.legacy or request.method != "ACK" or request.to_tag is None:
             return (key,)
         return (key, replace(key, legacy=_rfc2543_digest(request, None)))
 
@@ -114,6 +120,30 @@ class TransactionKey:
         if cancel.method != "CANCEL":
             raise ValueError(f"{cancel.method} is not a CANCEL")
         return replace(cls.for_server(cancel), method="INVITE")
+
+
+# A server key built from the request's checked values, once per request (the hot
+# path: every request received). The generated __init__ of a frozen dataclass sets
+# each field through object.__setattr__; the slots' own descriptors do the same
+# stores without the frozen check, several times faster. The instance is complete
+# (every field set) before anyone sees it, and frozen from then on.
+_new_key = object.__new__
+_slots = TransactionKey.__dict__  # the slots' member descriptors
+_set_role = _slots["role"].__set__
+_set_method = _slots["method"].__set__
+_set_branch = _slots["branch"].__set__
+_set_sent_by = _slots["sent_by"].__set__
+_set_legacy = _slots["legacy"].__set__
+
+
+def _server_key(method: str, branch: str, sent_by: str) -> TransactionKey:
+    key: TransactionKey = _new_key(TransactionKey)
+    _set_role(key, "server")
+    _set_method(key, method)
+    _set_branch(key, branch)
+    _set_sent_by(key, sent_by)
+    _set_legacy(key, "")
+    return key
 
 
 def _rfc2543_digest(request: Request, to_tag: str | None) -> str:

@@ -28,7 +28,14 @@ import orjson
 from sipcore.sip.errors import InvalidSnapshotError, ParseError
 from sipcore.sip.keys import TransactionKey
 from sipcore.sip.message import Request, parse_message
-from sipcore.sip.timers import MAX_CLOCK, MAX_DEADLINE, Timings, TransportInfo, usable_interval
+from sipcore.sip.timers import (
+    DEFAULT_TIMINGS,
+    MAX_CLOCK,
+    MAX_DEADLINE,
+    Timings,
+    TransportInfo,
+    usable_interval,
+)
 
 SCHEMA_VERSION: Final = 3
 
@@ -175,9 +182,6 @@ def _from_document(document: Mapping[str, Any]) -> TransactionSnapshot:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InvalidSnapshotError(f"snapshot is malformed: {type(exc).__name__}: {exc}") from None
-
-
-DEFAULT_TIMINGS: Final = Timings()
 
 
 @functools.lru_cache(maxsize=4096)

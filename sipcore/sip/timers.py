@@ -76,6 +76,11 @@ class Timings:
         return 64 * self.t1
 
 
+# Timings are immutable: every transaction without timings of its own shares these
+# (validating a new Timings costs more than creating a transaction).
+DEFAULT_TIMINGS: Final = Timings()
+
+
 @dataclass(frozen=True, slots=True)
 class Timer:
     deadline: float  # absolute, in the caller's clock (epoch seconds in production)

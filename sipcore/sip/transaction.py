@@ -45,7 +45,7 @@ action's, then the state change):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
@@ -60,7 +60,14 @@ from sipcore.sip.keys import TransactionKey, default_port
 from sipcore.sip.limits import ParserLimits
 from sipcore.sip.message import Request, Response, parse_message
 from sipcore.sip.snapshot import SCHEMA_VERSION, TransactionSnapshot, check_snapshot_data
-from sipcore.sip.timers import RELIABLE_TRANSPORTS, Timer, Timings, TransportInfo, check_clock
+from sipcore.sip.timers import (
+    DEFAULT_TIMINGS,
+    RELIABLE_TRANSPORTS,
+    Timer,
+    Timings,
+    TransportInfo,
+    check_clock,
+)
 
 __all__ = [
     "RELIABLE_TRANSPORTS",
@@ -118,6 +125,12 @@ class Event(StrEnum):
     TIMER_M = "Timer M"
     TIMER_100 = "the 100 Trying timer"
 
+
+# ``Transaction.last_event`` names the last event a machine ran a table row for by
+# its member name, lower-cased ("request", "tu_success", "timer_g", "transport_error"),
+# a stable identifier for stores and audit trails (the values are prose for
+# errors); besides these, "created", "restored" and "terminate" (see last_event).
+EVENT_IDS: Final[Mapping[Event, str]] = {event: event.name.lower() for event in Event}
 
 NON_INVITE_STATES = frozenset(
     {
@@ -193,6 +206,21 @@ class _ViaRoute:
     received: str | None
 
 
+def _via_route_of(request: Request) -> _ViaRoute | None:
+    """What responses to ``request`` need of its top Via (RFC 3261 §18.2.2, RFC 3581 §4)."""
+    seeds = request.headers._seeds.get("via")
+    if not seeds:
+        return None
+    top = seeds[0]  # groups: protocol, version, transport, host, port, params
+    port = int(top[5]) if top[5] is not None else default_port(top[3])
+    params = top[6].lower()
+    if "maddr" not in params and "received" not in params and "rport" not in params:
+        return _ViaRoute(None, port, False, None)  # the common case, without building the Via
+    via = request.top_via
+    assert via is not None
+    return _ViaRoute(via.maddr, port, via.rport is not None, via.received)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A timeout or a transport error, as the TU hears of it."""
@@ -248,14 +276,6 @@ def _response_class(response: Response | None) -> ResponseClass:
     return "2xx" if response.status_code < 300 else "3xx-6xx"
 
 
-@dataclass
-class _Callbacks:
-    state_changed: list[Callable[..., object]] = field(default_factory=list)
-    response: list[Callable[..., object]] = field(default_factory=list)
-    ack: list[Callable[..., object]] = field(default_factory=list)
-    error: list[Callable[..., object]] = field(default_factory=list)
-
-
 class Transaction:
     """What the four machines share. Use a concrete class, or ``restore_transaction``."""
 
@@ -273,32 +293,33 @@ class Transaction:
     created_at: float
     updated_at: float
     version: int  # grows with every change a restore must see
+    # What last changed the transaction, for a store to record beside its snapshot
+    # (not part of the snapshot): the id (EVENT_IDS) of the last event a table row
+    # ran for, a zero-length timer's included (a TU_SUCCESS on TCP ends with
+    # "timer_j"); "created" after construction, "restored" after a restore,
+    # "terminate" after terminate() ended it.
+    last_event: str
 
     def __init__(
         self, request: Request, transport: TransportInfo, now: float, timings: Timings | None = None
     ):
         check_clock(now)
         self._check_request(request)
+        # Positional: this runs for every transaction created (keyword calls cost more).
         self._setup(
-            request=request.copy(),
-            transport=transport,
-            timings=timings or Timings(),
-            state=self.INITIAL_STATE,
-            created_at=now,
-            updated_at=now,
-            last_response=None,
-            timers={},
-            version=0,
+            request.copy(), transport, timings or DEFAULT_TIMINGS, self.INITIAL_STATE, now, now, None, {}, 0
         )
+        self.last_event = "created"
         self._start(now)
-        self._run_immediate(now)
-        self._notify()
+        if self._immediate:
+            self._run_immediate(now)
+        if self._notifications:
+            self._notify()
 
     # --- construction ---
 
-    def _setup(
+    def _setup(  # noqa: PLR0917 - positional on the hot path (see __init__)
         self,
-        *,
         request: Request,
         transport: TransportInfo,
         timings: Timings,
@@ -312,13 +333,13 @@ class Transaction:
         request_wire: bytes | None = None,
         response_wire: bytes | None = None,
     ) -> None:
-        """Adopt messages nobody else holds (copied or freshly parsed)."""
-        self._request = request
+        """Adopt messages nobody else holds (copied or freshly parsed); ``timers`` too."""
+        self._request_object: Request | None = request  # None once compacted
         self._request_wire = request_wire
         self._method = request.method
-        self._last_response = last_response
+        self._response_object: Response | None = last_response  # None once compacted
         self._response_wire = response_wire
-        self._via_route: _ViaRoute | None = None  # set when compacted
+        self._via_route: _ViaRoute | None = None  # read off the request's top Via once
         self.transport = transport
         self.timings = timings
         self.state = state
@@ -326,10 +347,14 @@ class Transaction:
         self.created_at = created_at
         self.updated_at = updated_at
         self.version = version
-        self._timers = dict(timers)
+        self._timers = timers
         self._immediate: list[str] = []
         self._outgoing: list[Outgoing] = []
-        self._callbacks = _Callbacks()
+        self._state_changed_callbacks: list[Callable[..., object]] = []
+        self._response_callbacks: list[Callable[..., object]] = []
+        self._ack_callbacks: list[Callable[..., object]] = []
+        self._error_callbacks: list[Callable[..., object]] = []
+        # (callbacks, arguments) queued by a step, run once it is done (_notify).
         self._notifications: list[tuple[list[Callable[..., object]], tuple[object, ...]]] = []
 
     @classmethod
@@ -365,20 +390,12 @@ class Transaction:
             return _parse_own(self._request_wire, Request)
         return request
 
-    @_request.setter
-    def _request(self, request: Request) -> None:
-        self._request_object: Request | None = request
-
     @property
     def _last_response(self) -> Response | None:
         response = self._response_object
         if response is None and self._response_wire is not None and self._request_object is None:
             return _parse_own(self._response_wire, Response)  # compacted
         return response
-
-    @_last_response.setter
-    def _last_response(self, response: Response | None) -> None:
-        self._response_object: Response | None = response
 
     @property
     def compacted(self) -> bool:
@@ -402,10 +419,8 @@ class Transaction:
             self._request_wire = bytes(request)
         if response is not None and self._response_wire is None:
             self._response_wire = bytes(response)
-        via = request.top_via
-        if via is not None:
-            port = via.port if via.port is not None else default_port(via.transport)
-            self._via_route = _ViaRoute(via.maddr, port, via.rport is not None, via.received)
+        if self._via_route is None:
+            self._via_route = _via_route_of(request)
         self._request_object = self._response_object = None
 
     # --- public API ---
@@ -425,19 +440,19 @@ class Transaction:
         return self._response_object.copy()
 
     def on_state_changed(self, fn: Callable[..., object]) -> Callable[..., object]:
-        self._callbacks.state_changed.append(fn)
+        self._state_changed_callbacks.append(fn)
         return fn
 
     def on_response(self, fn: Callable[..., object]) -> Callable[..., object]:
-        self._callbacks.response.append(fn)
+        self._response_callbacks.append(fn)
         return fn
 
     def on_ack(self, fn: Callable[..., object]) -> Callable[..., object]:
-        self._callbacks.ack.append(fn)
+        self._ack_callbacks.append(fn)
         return fn
 
     def on_error(self, fn: Callable[..., object]) -> Callable[..., object]:
-        self._callbacks.error.append(fn)
+        self._error_callbacks.append(fn)
         return fn
 
     @property
@@ -451,7 +466,10 @@ class Transaction:
 
     def next_deadline(self) -> float | None:
         """The earliest running timer's deadline, or None when no timer runs."""
-        return min((timer.deadline for timer in self._timers.values()), default=None)
+        timers = self._timers
+        if not timers:
+            return None
+        return min([timer.deadline for timer in timers.values()])
 
     def drain_outgoing(self) -> list[Outgoing]:
         """What to put on the wire now; the queue is emptied."""
@@ -498,6 +516,7 @@ class Transaction:
         check_clock(now)
         if self.state is not TransactionState.TERMINATED:
             self._move(TransactionState.TERMINATED)
+            self.last_event = "terminate"
             self._changed(now)
             self._notify()
 
@@ -547,15 +566,20 @@ class Transaction:
 
     def _dispatch(self, event: Event, now: float, data: object) -> None:
         self._step(event, now, data)
-        self._run_immediate(now)
-        self._changed(now)
-        self._notify()
+        if self._immediate:
+            self._run_immediate(now)
+        self.updated_at = now  # as _changed
+        self.version += 1
+        if self._notifications:
+            self._notify()
 
     def _step(self, event: Event, now: float, data: object) -> None:
-        row = self.TABLE.get((self.state, event))
+        state = self.state
+        row = self.TABLE.get((state, event))
         if row is None:
-            raise InvalidTransitionError(type(self).__name__, self.state.value, event.value)
+            raise InvalidTransitionError(type(self).__name__, state.value, event.value)
         row.action(self, now, data)
+        self.last_event = EVENT_IDS[event]
         if row.target is not self.state:
             self._move(row.target)
 
@@ -576,6 +600,8 @@ class Transaction:
         notifications, self._notifications = self._notifications, []
         errors: list[Exception] = []
         for callbacks, args in notifications:
+            if not callbacks:
+                continue
             for fn in list(callbacks):
                 try:
                     fn(self, *args)
@@ -589,7 +615,7 @@ class Transaction:
         if state is TransactionState.TERMINATED:
             self._timers.clear()
             self._immediate.clear()
-        self._notifications.append((self._callbacks.state_changed, (old, state)))
+        self._notifications.append((self._state_changed_callbacks, (old, state)))
 
     def _arm(self, name: str, interval: float, now: float) -> None:
         if interval == 0:  # a timer that is zero on reliable transports fires in this step
@@ -603,7 +629,7 @@ class Transaction:
             self._timers.pop(name, None)
 
     def _tell_error(self, reason: Literal["timeout", "transport"], detail: str) -> None:
-        self._notifications.append((self._callbacks.error, (Failure(reason, detail),)))
+        self._notifications.append((self._error_callbacks, (Failure(reason, detail),)))
 
     def _on_transport_error(self, now: float, detail: object) -> None:
         self._tell_error("transport", str(detail))
@@ -645,12 +671,12 @@ class _ClientTransaction(Transaction):
 
     def _keep(self, response: object) -> Response:
         assert isinstance(response, Response)
-        self._last_response = response.copy()
+        self._response_object = response.copy()
         self._response_wire = None
         return response
 
     def _pass_up(self, response: object) -> None:
-        self._notifications.append((self._callbacks.response, (response,)))
+        self._notifications.append((self._response_callbacks, (response,)))
 
     def _store_and_pass_up(self, now: float, response: object) -> None:
         self._pass_up(self._keep(response))
@@ -858,14 +884,41 @@ class _ServerTransaction(Transaction):
         """The transaction user answers the request (the response is copied)."""
         check_clock(now)
         self._check_response(response)
-        if response.status_code < 200:
+        status_code = response.status_code
+        if status_code < 200:
             event = Event.TU_PROVISIONAL
         else:
-            event = Event.TU_SUCCESS if response.status_code < 300 else Event.TU_FAILURE
+            event = Event.TU_SUCCESS if status_code < 300 else Event.TU_FAILURE
         self._dispatch(event, now, response.copy())
 
     def _check_response(self, response: Response) -> None:
+        """The response answers this transaction's request (RFC 3261 §8.2.6.2, §17.2.3):
+        the same top Via, Call-ID, From and CSeq, and its To (a tag added unless the
+        request had one); TransactionMismatchError naming what differs otherwise."""
         request = self._request
+        # A response built from the request (make_response) holds the request's own
+        # checked values for these headers: its seeds are the same objects, immutable
+        # matches on the lines, so they are equal without reading anything off them.
+        # Otherwise, or for a To that got a tag, compare values as below.
+        seeds, request_seeds = response.headers._seeds, request.headers._seeds
+        vias, request_vias = seeds.get("via"), request_seeds.get("via")
+        if (
+            vias
+            and request_vias
+            and vias[0] is request_vias[0]
+            and seeds.get("call-id") is request_seeds.get("call-id")
+            and seeds.get("from") is request_seeds.get("from")
+            and seeds.get("cseq") is request_seeds.get("cseq")
+            and (
+                (to_seed := seeds.get("to")) is (request_to_seed := request_seeds.get("to"))
+                or (
+                    to_seed is not None
+                    and request_to_seed is not None
+                    and _to_text_answers(str(to_seed[0]), str(request_to_seed[0]))
+                )
+            )
+        ):
+            return
         problems = []
         if response.branch != request.branch or response.sent_by != request.sent_by:
             problems.append("top Via")
@@ -877,16 +930,7 @@ class _ServerTransaction(Transaction):
         if (from_text is None or from_text != request_from_text) and response.from_ != request.from_:
             problems.append("From")
         to_text, request_to_text = _seed_text(response, "to"), _seed_text(request, "to")
-        if to_text is not None and (
-            to_text == request_to_text
-            # The request's name-addr (no parameters: it ends with its URI's ">") with
-            # parameters added: the same URI, and no request To tag to compare (§8.2.6.2).
-            or (
-                request_to_text is not None
-                and request_to_text.endswith(">")
-                and to_text.startswith(request_to_text + ";")
-            )
-        ):
+        if to_text is not None and request_to_text is not None and _to_text_answers(to_text, request_to_text):
             pass
         elif (to := response.to) is None or (request_to := request.to) is None or to.uri != request_to.uri:
             problems.append("To")
@@ -909,9 +953,10 @@ class _ServerTransaction(Transaction):
                 raise TransactionMismatchError(
                     f"ACK with branch {message.branch!r} does not match {self.key}"
                 )
-            if self.key.is_rfc2543:
+            if self.key.legacy:
                 # RFC 3261 §17.2.3: the ACK's To tag must be that of the response sent.
-                last_tag = self._last_response.to_tag if self._last_response else None
+                last_response = self._last_response
+                last_tag = last_response.to_tag if last_response else None
                 if message.to_tag != last_tag:
                     raise TransactionMismatchError(
                         f"ACK To tag {message.to_tag!r} is not the response's {last_tag!r}"
@@ -927,23 +972,22 @@ class _ServerTransaction(Transaction):
 
     def response_destination(self) -> tuple[str, int]:
         """Where responses go (RFC 3261 §18.2.2, RFC 3581 for rport)."""
-        if self.transport.reliable:
-            return self.transport.remote  # back on the connection the request came in on
+        transport = self.transport
+        if transport.reliable:
+            return transport.remote  # back on the connection the request came in on
         route = self._via_route
-        if route is None:
-            via = self._request.top_via
-            assert via is not None
-            port = via.port if via.port is not None else default_port(via.transport)
-            route = _ViaRoute(via.maddr, port, via.rport is not None, via.received)
+        if route is None:  # read once: the request is the transaction's own, never changed
+            route = self._via_route = _via_route_of(self._request)
+            assert route is not None  # a server transaction's request has a Via (its key)
         if route.maddr:
             return (route.maddr, route.port)
         if route.rport:
-            return self.transport.remote  # source address and port of the request
-        return (route.received or self.transport.remote[0], route.port)
+            return transport.remote  # source address and port of the request
+        return (route.received or transport.remote[0], route.port)
 
     def _send(self, response: Response) -> None:
         """Send ``response`` (the transaction's own copy) and keep it as the last one."""
-        self._last_response = response
+        self._response_object = response
         self._response_wire = None
         self._emit(response, self.response_destination())
 
@@ -954,8 +998,9 @@ class _ServerTransaction(Transaction):
 
     def _resend_last(self, now: float, data: object) -> None:
         """A retransmitted request: send the last response again, if there is one."""
-        if self._last_response is not None:
-            self._emit(self._last_response, self.response_destination())
+        last_response = self._last_response
+        if last_response is not None:
+            self._emit(last_response, self.response_destination())
 
 
 class InviteServerTransaction(_ServerTransaction):
@@ -1000,12 +1045,12 @@ class InviteServerTransaction(_ServerTransaction):
 
     def _confirmed(self, now: float, ack: object) -> None:
         self._cancel("G", "H")
-        self._notifications.append((self._callbacks.ack, (ack,)))
+        self._notifications.append((self._ack_callbacks, (ack,)))
         # Timer I is zero on reliable transports (§17.2.1).
         self._arm("I", 0.0 if self.transport.reliable else self.timings.t4, now)
 
     def _accepted_ack(self, now: float, ack: object) -> None:
-        self._notifications.append((self._callbacks.ack, (ack,)))
+        self._notifications.append((self._ack_callbacks, (ack,)))
 
     S, E, T = TransactionState, Event, Transition
     # RFC 6026 §7.1: a transport error while sending a response does not discard
@@ -1056,10 +1101,15 @@ class NonInviteServerTransaction(_ServerTransaction):
             raise ValueError(f"a non-INVITE server transaction cannot serve {request.method}")
 
     def _final(self, now: float, response: object) -> None:
-        self._send_given(now, response)
+        assert isinstance(response, Response)
+        self._response_object = response
+        self._response_wire = None
+        destination = self.response_destination()
         # Timer J is zero on reliable transports (§17.2.2).
         self._arm("J", 0.0 if self.transport.reliable else self.timings.transaction_timeout, now)
-        self._compact()  # §17.2.2: from now on it only resends this response
+        self._compact()  # §17.2.2: from now on it only resends this response, kept as bytes
+        # The transaction's copy goes out as it is: the transaction keeps none of it now.
+        self._outgoing.append(Outgoing(response, destination))
 
     S, E, T = TransactionState, Event, Transition
     _provisional = _ServerTransaction._send_given
@@ -1177,6 +1227,7 @@ def restore_transaction(snapshot: TransactionSnapshot, transport: TransportInfo 
         request_wire=snapshot.request,
         response_wire=snapshot.last_response,
     )
+    tx.last_event = "restored"
     if cls is NonInviteServerTransaction and state is TransactionState.COMPLETED:
         tx._compact()
     return tx
@@ -1239,6 +1290,15 @@ def _seed_text(message: Request | Response, key: str) -> str | None:
     """The checked text of a single-valued known header, as the parser or ``Headers.add`` kept it."""
     seed = message.headers._seeds.get(key)
     return None if seed is None else str(seed[0])
+
+
+def _to_text_answers(to_text: str, request_to_text: str) -> bool:
+    """A response's To (checked text) fits the request's: the same text, or the
+    request's name-addr (no parameters: it ends with its URI's ">") with parameters
+    added: the same URI, and no request To tag to compare (§8.2.6.2)."""
+    return to_text == request_to_text or (
+        request_to_text.endswith(">") and to_text.startswith(request_to_text + ";")
+    )
 
 
 def _parse(data: bytes, what: str, expected: type) -> Any:

@@ -21,7 +21,7 @@ from sipcore.sip import (
     TransactionState,
     TransportInfo,
 )
-from sipcore.sip.transaction import Event
+from sipcore.sip.transaction import EVENT_IDS, Event
 from tests.sipcore.sip.support import (
     TCP,
     UDP,
@@ -325,13 +325,14 @@ def test_every_state_and_input(kind, state, event):
             tx.handle_timer(deadline)
         tx.drain_outgoing()
         recorder.events.clear()
-    version = tx.version
+    version, last_event = tx.version, tx.last_event
     if expected == INVALID:
         with pytest.raises(InvalidTransitionError) as caught:
             INPUTS[event](tx)
         assert state.split("/")[0] in str(caught.value)
         assert caught.value.state == state.split("/")[0]
         assert tx.version == version  # nothing changed
+        assert tx.last_event == last_event
         assert tx.drain_outgoing() == []
         return
     new_state, sent, callbacks = expected
@@ -341,6 +342,10 @@ def test_every_state_and_input(kind, state, event):
     assert recorder.events == callbacks
     if callbacks or sent or new_state != state.split("/")[0]:
         assert tx.version > version
+    if event != "terminate":
+        assert tx.last_event == EVENT_IDS[EVENT_OF_INPUT[event]]
+    else:  # terminate() is not a table event; ending a Terminated one is a no-op
+        assert tx.last_event == (last_event if state == "Terminated" else "terminate")
 
 
 def test_expectations_name_only_real_inputs_and_states():
@@ -495,6 +500,8 @@ def test_on_reliable_transports_zero_timers_follow_their_rows(kind, state):
         if chained:
             assert probe.state is chained[0]
             assert not probe.timers
+            # The zero-length timer's row ran last, in the same step.
+            assert probe.last_event in {EVENT_IDS[z] for z in zero}
 
 
 def _reachable_on_tcp(kind: str, state: str) -> bool:
@@ -636,3 +643,134 @@ def test_server_compares_the_responses_to_by_uri_and_tag_however_it_is_spelled(
         with pytest.raises(TransactionMismatchError, match=f"{problem} differ"):
             tx.send_response(answer, now=0.1)
         assert tx.state is S.TRYING
+
+
+@pytest.mark.parametrize("source", ["transaction's copy", "request given", "request parsed again"])
+@pytest.mark.parametrize(
+    ("header", "value", "problem"),
+    [
+        (None, None, None),
+        ("Via", "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKother", "top Via"),
+        ("Via", "SIP/2.0/UDP pc33.atlanta.example.com:5070;branch=z9hG4bK74bf9", "top Via"),
+        ("Call-ID", "other@atlanta.example.com", "Call-ID"),
+        ("From", "Alice <sip:alice@atlanta.example.com>;tag=other", "From"),
+        ("To", "Bob <sip:bob@biloxi.example.com.evil>;tag=1", "To"),
+        ("CSeq", "1 OPTIONS", "CSeq"),
+    ],
+)
+def test_a_response_is_checked_whichever_copy_of_the_request_it_was_built_from(
+    source, header, value, problem
+):
+    """make_response shares the request's checked values with the response, and a
+    server transaction trusts values that are the very same objects as its own;
+    any header changed after, on either side, is compared and refused."""
+    given = request("INVITE")
+    tx = InviteServerTransaction(given, UDP, now=0.0)
+    origin = {
+        "transaction's copy": tx.request,
+        "request given": given,
+        "request parsed again": request("INVITE"),
+    }[source]
+    answer = response(origin, 486)
+    if header is not None:
+        answer.headers.set(header, value)
+    if problem is None:
+        tx.send_response(answer, now=0.1)
+        assert tx.state is S.COMPLETED
+        assert tx.last_response == answer
+        return
+    with pytest.raises(TransactionMismatchError, match=f"{problem} differ"):
+        tx.send_response(answer, now=0.1)
+    assert tx.state is S.PROCEEDING
+    assert tx.drain_outgoing() == []
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Via", "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKother"),
+        ("Call-ID", "other@atlanta.example.com"),
+        ("From", "Alice <sip:alice@atlanta.example.com>;tag=other"),
+        ("CSeq", "1 OPTIONS"),
+    ],
+)
+def test_a_response_built_from_the_callers_request_changed_after_the_transaction_copied_it_is_refused(
+    header, value
+):
+    given = request("INVITE")
+    tx = InviteServerTransaction(given, UDP, now=0.0)
+    given.headers.set(header, value)
+    if header == "CSeq":
+        given.method = "OPTIONS"  # a CSeq method must match the request's
+    with pytest.raises(TransactionMismatchError, match="differ"):
+        tx.send_response(response(given, 486), now=0.1)
+    assert tx.state is S.PROCEEDING
+
+
+# --- last_event: what last changed a transaction, for a store's audit trail ---
+
+
+def test_every_event_has_a_short_stable_id():
+    assert set(EVENT_IDS) == set(Event)
+    ids = list(EVENT_IDS.values())
+    assert len(set(ids)) == len(ids)
+    assert all(event_id.isidentifier() and event_id.islower() and len(event_id) <= 64 for event_id in ids)
+    assert EVENT_IDS[Event.TIMER_G] == "timer_g"
+    assert EVENT_IDS[Event.TRANSPORT_ERROR] == "transport_error"
+    assert {"created", "restored", "terminate"}.isdisjoint(ids)
+
+
+@pytest.mark.parametrize("kind", sorted(MACHINES))
+def test_a_new_transaction_was_created(kind):
+    assert new_transaction(kind, UDP).last_event == "created"
+    assert new_transaction(kind, TCP).last_event == "created"
+
+
+def test_last_event_follows_an_invite_server_transaction_through_its_life():
+    from sipcore.sip import TransactionSnapshot, restore_transaction
+
+    invite = request("INVITE")
+    tx = InviteServerTransaction(invite, UDP, now=0.0)
+    assert tx.last_event == "created"
+    tx.handle_timer(0.2)
+    assert tx.last_event == "timer_100"
+    tx.receive(request("INVITE"), now=0.3)
+    assert tx.last_event == "request"
+    final = response(invite, 486)
+    tx.send_response(final, now=0.4)
+    assert tx.last_event == "tu_failure"
+    tx.handle_timer(tx.timers["G"].deadline)
+    assert tx.last_event == "timer_g"
+    tx.transport_error(now=1.0, detail="ICMP unreachable")
+    assert tx.last_event == "transport_error"
+    with pytest.raises(InvalidTransitionError):
+        tx.send_response(response(invite, 180), now=1.1)
+    assert tx.last_event == "transport_error"  # a refused input changes nothing
+
+    # Kept beside the snapshot, not in it: the snapshot of a restored one is the same.
+    snapshot = tx.snapshot()
+    assert b"transport_error" not in snapshot.to_json()
+    restored = restore_transaction(TransactionSnapshot.from_json(snapshot.to_json()))
+    assert restored.last_event == "restored"
+    assert restored.snapshot() == snapshot
+
+    restored.receive(ack_for(invite, final), now=1.2)
+    assert restored.last_event == "ack"
+    restored.handle_timer(restored.timers["I"].deadline)
+    assert (restored.state, restored.last_event) == (S.TERMINATED, "timer_i")
+    restored.terminate(now=9.0)  # already over: nothing happens
+    assert restored.last_event == "timer_i"
+
+
+def test_terminate_is_the_last_event_of_a_transaction_its_tu_ended():
+    tx = new_transaction("non_invite_client", UDP)
+    tx.receive(response(tx.request, 100), now=0.1)
+    assert tx.last_event == "provisional"
+    tx.terminate(now=0.2)
+    assert (tx.state, tx.last_event) == (S.TERMINATED, "terminate")
+
+
+def test_a_final_response_on_tcp_ends_with_its_zero_timer():
+    tx = new_transaction("non_invite_server", TCP)
+    tx.send_response(response(tx.request, 200), now=0.1)  # type: ignore[attr-defined]
+    assert (tx.state, tx.last_event) == (S.TERMINATED, "timer_j")
