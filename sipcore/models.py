@@ -251,6 +251,9 @@ class TransactionSnapshotRecord(AppendOnlyModel):
     ingested_at = models.DateTimeField(default=timezone.now, editable=False)
 
     audit_prune_field = "recorded_at"
+    # The retention age in days (settings name) for this table: sipcore.audit.prune_records
+    # and prune_transactions default to it.
+    audit_retention_setting = "SIP_AUDIT_RETENTION_DAYS"
 
     class Meta:
         ordering = ("transaction", "version")
