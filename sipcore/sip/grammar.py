@@ -161,7 +161,11 @@ FAST_CSEQ_RE: Final = re.compile(rf"([0-9]{{1,9}}+) ({_T})")
 FAST_MEDIA_TYPE_RE: Final = re.compile(rf"({_T})/({_T})({_SIMPLE_PARAMS})")
 # Positive ASCII classes: they match faster than negated ones. [!#-:=?-~] is every
 # visible ASCII character but " ; < >; the URI's ";"s are counted out by the group after.
+# A bare addr-spec ([!#-+\--:=@-~]: visible ASCII but " , ; < > ?, as ADDR_SPEC_BARE)
+# is the second branch, as in NAME_ADDR_PARAMS; the first fails on a bare one at the
+# scheme's colon, so the two together read each character at most twice.
 FAST_NAME_ADDR_RE: Final = re.compile(
-    rf'(?:({_T}(?: {_T})*+|"[^"\\\x00-\x1f\x7f]*+") ?)?+'
-    rf"<({URI_SCHEME}[!#-:=?-~]++(?:;[!#-:=?-~]*+){{0,{FAST_MAX_PARAMS}}}+)>()({_SIMPLE_PARAMS})"
+    rf'(?>(?:({_T}(?: {_T})*+|"[^"\\\x00-\x1f\x7f]*+") ?)?+'
+    rf"<({URI_SCHEME}[!#-:=?-~]++(?:;[!#-:=?-~]*+){{0,{FAST_MAX_PARAMS}}}+)>"
+    rf"|({URI_SCHEME}[!#-+\--:=@-~]++))({_SIMPLE_PARAMS})"
 )
