@@ -510,9 +510,36 @@ def _insert_ignoring_conflicts(model: type[Model], objs: Sequence[Model]) -> Non
         f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING"
     )
     rows = [[field.get_db_prep_save(getattr(obj, field.attname), db) for field in fields] for obj in objs]
+    _executemany(db, sql, rows)
+
+
+def _update_rows(model: type[Model], objs: Sequence[Model], names: Sequence[str]) -> None:
+    """``bulk_update(objs, names)``, cheaper: one ``UPDATE ... WHERE pk = %s`` run for
+    each row (executemany, as :func:`_insert_ignoring_conflicts`). Django's
+    bulk_update sets every column to a CASE over every row of the batch, which the
+    database evaluates for each row: quadratic in the batch."""
+    db = connections[router.db_for_write(model)]
+    fields = [model._meta.get_field(name) for name in names]
+    pk = model._meta.pk
+    assert pk is not None
+    quote = db.ops.quote_name
+    sql = (
+        f"UPDATE {quote(model._meta.db_table)} SET "  # noqa: S608 - quoted names
+        f"{', '.join(f'{quote(field.column)} = %s' for field in fields)} WHERE {quote(pk.column)} = %s"
+    )
+    rows = [
+        [field.get_db_prep_save(getattr(obj, field.attname), db) for field in fields] + [obj.pk]
+        for obj in objs
+    ]
+    _executemany(db, sql, rows)
+
+
+def _executemany(db: Any, sql: str, rows: list[list[Any]]) -> None:
     if db.vendor == "postgresql":
         import psycopg
 
+        # Bound server-side: parsed and planned once for the batch (Django's cursors
+        # bind client-side, making every row a new statement).
         db.ensure_connection()
         with psycopg.Cursor(db.connection) as cursor:
             cursor.executemany(sql, rows)
@@ -657,7 +684,8 @@ def _upsert_transactions(
         if dirty:
             changed.append(row)
     if changed:
-        SipTransaction.objects.bulk_update(
+        _update_rows(
+            SipTransaction,
             changed,
             [
                 "state",
