@@ -539,9 +539,10 @@ def _executemany(db: Any, sql: str, rows: list[list[Any]]) -> None:
         import psycopg
 
         # Bound server-side: parsed and planned once for the batch (Django's cursors
-        # bind client-side, making every row a new statement).
+        # bind client-side, making every row a new statement). The driver's errors
+        # are raised as Django's (IntegrityError, DataError...), as its cursors do.
         db.ensure_connection()
-        with psycopg.Cursor(db.connection) as cursor:
+        with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
             cursor.executemany(sql, rows)
     else:
         with db.cursor() as cursor:

@@ -262,3 +262,27 @@ def test_a_racing_insert_of_a_recorded_version_is_skipped_not_applied(r):
     _insert_ignoring_conflicts(TransactionSnapshotRecord, [forged])
     assert TransactionSnapshotRecord.objects.count() == 2
     assert TransactionSnapshotRecord.objects.get(version=1).event == original.event
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_the_database_refuses_is_dead_lettered_alone(r):
+    """Checks run before the database can miss something the database refuses (PostgreSQL
+    takes no NUL in text): the batch is then written entry by entry, and only the
+    culprit goes to the dead letters."""
+    versions = invite_server_versions()
+    xadd(r, SHARD, versions[:3])
+    r.xadd(stream_name(SHARD), {**entry_fields(versions[3]), "ev": "Timer\x00G"})
+    xadd(r, SHARD, versions[4:])
+    report = ingest_shard(r, SHARD, "c1")
+    key = versions[0].snapshot.key
+    if connection.vendor == "postgresql":
+        assert (report.recorded, report.dead, report.acked) == (6, 1, 7)
+        assert [v for v, _, _ in stored(key)] == [0, 1, 2, 4, 5, 6]
+        ((_, letter),) = r.xrange(dead_letter_stream(SHARD))
+        assert b"the database refused it" in letter[b"_reason"]
+        # A version missing in between: the next one kept its response whole, so all rebuild.
+        for version in versions[:3] + versions[4:]:
+            assert rebuild_snapshot(key, version.snapshot.version) == version.snapshot
+    else:
+        assert (report.recorded, report.dead) == (7, 0)
+    assert r.xlen(stream_name(SHARD)) == 0
