@@ -327,10 +327,16 @@ def ingest_shard(
     if claim_idle_ms < 0:
         raise ValueError(f"claim_idle_ms must not be negative, not {claim_idle_ms}")
     stream = stream_name(shard)
-    ensure_group(client, shard)
     # Redis >= 7 returns (next cursor, claimed entries, ids no longer in the stream);
-    # the latter are dropped from the pending list by XAUTOCLAIM itself.
-    claimed_reply = client.xautoclaim(stream, GROUP, consumer, claim_idle_ms, "0-0", count=count)
+    # the latter are dropped from the pending list by XAUTOCLAIM itself. The group is
+    # created on first use (and again if the stream was deleted since).
+    try:
+        claimed_reply = client.xautoclaim(stream, GROUP, consumer, claim_idle_ms, "0-0", count=count)
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        ensure_group(client, shard)
+        claimed_reply = client.xautoclaim(stream, GROUP, consumer, claim_idle_ms, "0-0", count=count)
     raw: list[tuple[bytes, dict[bytes, bytes]]] = [
         (entry_id, fields) for entry_id, fields in claimed_reply[1] if fields is not None
     ]
