@@ -164,8 +164,20 @@ FAST_MEDIA_TYPE_RE: Final = re.compile(rf"({_T})/({_T})({_SIMPLE_PARAMS})")
 # A bare addr-spec ([!#-+\--:=@-~]: visible ASCII but " , ; < > ?, as ADDR_SPEC_BARE)
 # is the second branch, as in NAME_ADDR_PARAMS; the first fails on a bare one at the
 # scheme's colon, so the two together read each character at most twice.
-FAST_NAME_ADDR_RE: Final = re.compile(
-    rf'(?>(?:({_T}(?: {_T})*+|"[^"\\\x00-\x1f\x7f]*+") ?)?+'
-    rf"<({URI_SCHEME}[!#-:=?-~]++(?:;[!#-:=?-~]*+){{0,{FAST_MAX_PARAMS}}}+)>"
-    rf"|({URI_SCHEME}[!#-+\--:=@-~]++))({_SIMPLE_PARAMS})"
+
+
+def _fast_name_addr(params: str) -> str:
+    return (
+        rf'(?>(?:({_T}(?: {_T})*+|"[^"\\\x00-\x1f\x7f]*+") ?)?+'
+        rf"<({URI_SCHEME}[!#-:=?-~]++(?:;[!#-:=?-~]*+){{0,{FAST_MAX_PARAMS}}}+)>"
+        rf"|({URI_SCHEME}[!#-+\--:=@-~]++))({params})"
+    )
+
+
+FAST_NAME_ADDR_RE: Final = re.compile(_fast_name_addr(_SIMPLE_PARAMS))
+# Contact's: without an expires parameter, whose value the check reads (RFC 3261
+# §20.10, delta-seconds). The look-ahead reads at most eight characters per ";".
+_NOT_EXPIRES: Final = rf"(?![Ee][Xx][Pp][Ii][Rr][Ee][Ss](?![{TOKEN_CHARS}]))"
+FAST_CONTACT_RE: Final = re.compile(
+    _fast_name_addr(rf"(?:;{_NOT_EXPIRES}{_T}(?:={_T})?+){{0,{FAST_MAX_PARAMS}}}+")
 )

@@ -16,6 +16,7 @@ from sipcore.sip.grammar import (
     CALL_ID_RE,
     COMMA_RE,
     CSEQ_RE,
+    FAST_CONTACT_RE,
     FAST_CSEQ_RE,
     FAST_MEDIA_TYPE_RE,
     FAST_NAME_ADDR_RE,
@@ -372,12 +373,6 @@ def check_contact(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> list[re.
 _check_contacts = _check_addresses("Contact")
 
 
-def _fast_contact(value: str) -> re.Match[str] | None:
-    """The parser's shortcut for a plain Contact without an expires parameter."""
-    m = FAST_NAME_ADDR_RE.fullmatch(value)
-    return m if m is not None and (not m[4] or "expires" not in m[4].lower()) else None
-
-
 def check_call_id(value: str, limits: ParserLimits = DEFAULT_LIMITS) -> re.Match[str]:
     m = CALL_ID_RE.fullmatch(value)
     if m is None:
@@ -498,7 +493,7 @@ HEADER_RULES: Final[dict[str, HeaderRule]] = {
     "max-forwards": HeaderRule(_check_bounded_int("Max-Forwards", 255), _same, False, _BYTE_NUMBERS.get),
     "content-length": HeaderRule(check_content_length, _same, False, _SMALL_NUMBERS.get),
     "content-type": HeaderRule(check_content_type, build_content_type, False, FAST_MEDIA_TYPE_RE.fullmatch),
-    "contact": HeaderRule(check_contact, build_addresses, True, _fast_contact),
+    "contact": HeaderRule(check_contact, build_addresses, True, FAST_CONTACT_RE.fullmatch),
     "route": HeaderRule(_check_addresses("Route"), build_addresses, True, FAST_NAME_ADDR_RE.fullmatch),
     "record-route": HeaderRule(
         _check_addresses("Record-Route"), build_addresses, True, FAST_NAME_ADDR_RE.fullmatch

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipcore.sip import ParseError
 from sipcore.sip.grammar import FAST_NAME_ADDR_RE, NAME_ADDR_PARAMS_RE
+from sipcore.sip.headers import HEADER_RULES
 
 NAME_ADDRS = [
     "sip:sipp@127.0.0.1:5070",
@@ -59,3 +61,28 @@ def test_any_value_the_fast_name_addr_takes_reads_as_the_general_one(value):
         general = NAME_ADDR_PARAMS_RE.fullmatch(value)
         assert general is not None, value
         assert fast.groups() == general.groups(), value
+
+
+@pytest.mark.parametrize(
+    ("value", "fast"),
+    [
+        ("<sip:a@b>;expires=60", False),
+        ("<sip:a@b>;EXPIRES=4294967296", False),
+        ("sip:a@b;q=1;eXpIrEs=2", False),
+        ("<sip:a@b>;expires", False),
+        ("<sip:a@b>;x-expires=1", True),
+        ("<sip:a@b>;expiresx=1", True),
+        ("<sip:a@b;expires=1>", True),  # a URI parameter, not the header's
+        ("sip:a@b;q=1", True),
+    ],
+)
+def test_a_contact_with_an_expires_parameter_takes_the_check(value, fast):
+    rule = HEADER_RULES["contact"]
+    assert (rule.fast(value) is not None) is fast
+    if fast:
+        assert rule.fast(value).groups() == rule.check(value)[0].groups()
+
+
+def test_a_contact_expires_past_32_bits_is_refused():
+    with pytest.raises(ParseError, match="expires"):
+        HEADER_RULES["contact"].check("<sip:a@b>;EXPIRES=4294967296")
