@@ -88,13 +88,23 @@ class TransactionKey:
         via_seeds = headers._seeds.get("via")
         if not via_seeds:
             raise ValueError("a request without Via belongs to no transaction")
-        branch = request.branch
+        top_via = via_seeds[0]  # groups: protocol, version, transport, host, port, params
+        params = top_via[6]
+        if params.startswith(";branch=") and params.find(";", 8) < 0 and '"' not in params:
+            branch: str | None = params[8:]  # the branch and nothing else, as Message.branch reads it
+        else:
+            branch = request.branch
         key_method = "INVITE" if method == "ACK" else method
         # §17.2.3: an RFC 3261 branch (the magic cookie and more, §8.1.1.7) and the sent-by.
         if branch is not None and len(branch) > _COOKIE_LENGTH and branch.startswith(MAGIC_COOKIE):
-            top_via = via_seeds[0]  # groups: protocol, version, transport, host, port, params
             port = top_via[5] or default_port(top_via[3])
-            key = _server_key(key_method, branch, f"{top_via[4].lower()}:{port}")
+            # TransactionKey("server", key_method, branch, sent_by), through the slots (below).
+            key = _new_key(cls)
+            _set_role(key, "server")
+            _set_method(key, key_method)
+            _set_branch(key, branch)
+            _set_sent_by(key, f"{top_via[4].lower()}:{port}")
+            _set_legacy(key, "")
         else:
             key = cls("server", key_method, legacy=_rfc2543_digest(request, request.to_tag))
         memo["server-key"] = (method, request.uri, key)
@@ -122,10 +132,10 @@ class TransactionKey:
         return replace(cls.for_server(cancel), method="INVITE")
 
 
-# A server key built from the request's checked values, once per request (the hot
-# path: every request received). The generated __init__ of a frozen dataclass sets
-# each field through object.__setattr__; the slots' own descriptors do the same
-# stores without the frozen check, several times faster. The instance is complete
+# for_server builds a key for every request received (the hot path). The generated
+# __init__ of a frozen dataclass sets each field through object.__setattr__; the
+# slots' own descriptors do the same stores without the frozen check, several
+# times faster. The instance is complete
 # (every field set) before anyone sees it, and frozen from then on.
 _new_key = object.__new__
 _slots = TransactionKey.__dict__  # the slots' member descriptors
@@ -134,16 +144,6 @@ _set_method = _slots["method"].__set__
 _set_branch = _slots["branch"].__set__
 _set_sent_by = _slots["sent_by"].__set__
 _set_legacy = _slots["legacy"].__set__
-
-
-def _server_key(method: str, branch: str, sent_by: str) -> TransactionKey:
-    key: TransactionKey = _new_key(TransactionKey)
-    _set_role(key, "server")
-    _set_method(key, method)
-    _set_branch(key, branch)
-    _set_sent_by(key, sent_by)
-    _set_legacy(key, "")
-    return key
 
 
 def _rfc2543_digest(request: Request, to_tag: str | None) -> str:

@@ -87,6 +87,23 @@ class Timer:
     interval: float  # the backoff interval it was armed with
 
 
+# A timer is armed for nearly every event. The generated __init__ of a frozen
+# dataclass sets each field through object.__setattr__; the slots' own descriptors
+# make the same stores about twice as fast. The instance is complete before anyone
+# sees it, and frozen from then on.
+_new = object.__new__
+_set_deadline = Timer.__dict__["deadline"].__set__
+_set_interval = Timer.__dict__["interval"].__set__
+
+
+def new_timer(deadline: float, interval: float) -> Timer:
+    """``Timer(deadline, interval)``, for the hot path."""
+    timer: Timer = _new(Timer)
+    _set_deadline(timer, deadline)
+    _set_interval(timer, interval)
+    return timer
+
+
 @dataclass(frozen=True, slots=True)
 class TransportInfo:
     """The transport facts a transaction needs: reliability (which decides the

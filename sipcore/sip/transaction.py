@@ -44,6 +44,7 @@ action's, then the state change):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -67,6 +68,7 @@ from sipcore.sip.timers import (
     Timings,
     TransportInfo,
     check_clock,
+    new_timer,
 )
 
 __all__ = [
@@ -196,6 +198,19 @@ class Outgoing:
     destination: tuple[str, int]
 
 
+# Built for every message sent: through the slots' descriptors, as
+# sipcore.sip.timers.new_timer does (the frozen __init__ costs twice as much).
+_set_message = Outgoing.__dict__["message"].__set__
+_set_destination = Outgoing.__dict__["destination"].__set__
+
+
+def _new_outgoing(message: Request | Response, destination: tuple[str, int]) -> Outgoing:
+    outgoing: Outgoing = object.__new__(Outgoing)
+    _set_message(outgoing, message)
+    _set_destination(outgoing, destination)
+    return outgoing
+
+
 @dataclass(frozen=True, slots=True)
 class _ViaRoute:
     """What a compacted server transaction keeps of the top Via to address its responses."""
@@ -204,6 +219,12 @@ class _ViaRoute:
     port: int
     rport: bool
     received: str | None
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_route(port: int) -> _ViaRoute:
+    """Responses to the sent-by's port, nothing else said (immutable: shared)."""
+    return _ViaRoute(None, port, False, None)
 
 
 def _via_route_of(request: Request) -> _ViaRoute | None:
@@ -215,7 +236,7 @@ def _via_route_of(request: Request) -> _ViaRoute | None:
     port = int(top[5]) if top[5] is not None else default_port(top[3])
     params = top[6].lower()
     if "maddr" not in params and "received" not in params and "rport" not in params:
-        return _ViaRoute(None, port, False, None)  # the common case, without building the Via
+        return _plain_route(port)  # the common case, without building the Via
     via = request.top_via
     assert via is not None
     return _ViaRoute(via.maddr, port, via.rport is not None, via.received)
@@ -536,18 +557,18 @@ class Transaction:
         """A consistent, self-contained copy of everything a restore needs (taken between inputs)."""
         if self._request_wire is None:
             self._request_wire = bytes(self._request)
-        if self._response_wire is None and self._last_response is not None:
-            self._response_wire = bytes(self._last_response)
+        if self._response_wire is None and (response := self._response_object) is not None:
+            self._response_wire = bytes(response)  # (once compacted, the wire is all there is)
         return TransactionSnapshot(
             schema_version=SCHEMA_VERSION,
             kind=self.KIND,
-            state=self.state.value,
+            state=self.state._value_,  # .value is a Python-level property of Enum
             key=str(self.key),
             request=self._request_wire,
             last_response=self._response_wire,
-            timers=tuple(
-                sorted((name, timer.deadline, timer.interval) for name, timer in self._timers.items())
-            ),
+            timers=tuple(sorted([(name, timer.deadline, timer.interval) for name, timer in timers.items()]))
+            if (timers := self._timers)
+            else (),
             transport=self.transport,
             timings=self.timings,
             created_at=self.created_at,
@@ -587,7 +608,7 @@ class Transaction:
         """Fire the zero-length timers the last step armed (reliable transports)."""
         while self._immediate:
             name = self._immediate.pop(0)
-            self._step(TIMER_EVENTS[name], now, Timer(now, 0.0))
+            self._step(TIMER_EVENTS[name], now, new_timer(now, 0.0))
 
     def _changed(self, now: float) -> None:
         self.updated_at = now
@@ -622,11 +643,13 @@ class Transaction:
             self._timers.pop(name, None)
             self._immediate.append(name)
         else:
-            self._timers[name] = Timer(now + interval, interval)
+            self._timers[name] = new_timer(now + interval, interval)
 
     def _cancel(self, *names: str) -> None:
-        for name in names:
-            self._timers.pop(name, None)
+        timers = self._timers
+        if timers:
+            for name in names:
+                timers.pop(name, None)
 
     def _tell_error(self, reason: Literal["timeout", "transport"], detail: str) -> None:
         self._notifications.append((self._error_callbacks, (Failure(reason, detail),)))
@@ -644,7 +667,7 @@ class Transaction:
         raise NotImplementedError
 
     def _emit(self, message: Request | Response, destination: tuple[str, int]) -> None:
-        self._outgoing.append(Outgoing(message.copy(), destination))
+        self._outgoing.append(_new_outgoing(message.copy(), destination))
 
 
 # ---------------------------------------------------------------------------
@@ -1109,7 +1132,7 @@ class NonInviteServerTransaction(_ServerTransaction):
         self._arm("J", 0.0 if self.transport.reliable else self.timings.transaction_timeout, now)
         self._compact()  # §17.2.2: from now on it only resends this response, kept as bytes
         # The transaction's copy goes out as it is: the transaction keeps none of it now.
-        self._outgoing.append(Outgoing(response, destination))
+        self._outgoing.append(_new_outgoing(response, destination))
 
     S, E, T = TransactionState, Event, Transition
     _provisional = _ServerTransaction._send_given

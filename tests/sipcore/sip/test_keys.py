@@ -204,3 +204,30 @@ def test_a_requests_key_follows_every_change_of_what_it_is_made_of():
     copied.headers.set("Call-ID", "other@example.com")
     assert TransactionKey.for_server(copied) != TransactionKey.for_server(legacy)
     assert TransactionKey.for_server(parse_message(bytes(legacy))) == TransactionKey.for_server(legacy)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        ";branch=z9hG4bKx1",
+        ";BRANCH=z9hG4bKx1",
+        ";branch=z9hG4bKx1;rport",
+        ";rport;branch=z9hG4bKx1",
+        ";branch=z9hG4bKx1;received=192.0.2.9",
+        ";branch=z9hG4bK",
+        ";branch=abc",
+        ";received=192.0.2.9",
+        "",
+    ],
+)
+def test_the_server_key_reads_the_same_branch_as_the_message_however_the_via_is_spelled(params):
+    data = bytes(request("OPTIONS", branch="z9hG4bKplaceholder"))
+    data = data.replace(b";branch=z9hG4bKplaceholder", params.encode())
+    message = parse_message(data)
+    key = TransactionKey.for_server(message)
+    branch = message.branch
+    if branch is not None and branch.startswith("z9hG4bK") and len(branch) > len("z9hG4bK"):
+        assert (key.branch, key.sent_by, key.legacy) == (branch, "pc33.atlanta.example.com:5060", "")
+    else:
+        assert key.is_rfc2543
+        assert key.branch == ""
