@@ -48,10 +48,11 @@ class Version:
     event: str
 
 
-def _take(tx: Transaction, event: str, versions: list[Version]) -> None:
+def _take(tx: Transaction, versions: list[Version]) -> None:
+    """The version as the store writes it: the snapshot, and the event that made it."""
     snap = tx.snapshot()
     if not versions or versions[-1].snapshot.version != snap.version:
-        versions.append(Version(snap, event))
+        versions.append(Version(snap, tx.last_event))
 
 
 def invite_server_versions(
@@ -65,27 +66,25 @@ def invite_server_versions(
     request = invite(branch, call_id)
     versions: list[Version] = []
     tx = InviteServerTransaction(request, UDP, 0.0)
-    _take(tx, "created", versions)
+    _take(tx, versions)
     tx.send_response(make_response(request, 100), 0.01)
-    _take(tx, "a 1xx response from the TU", versions)
+    _take(tx, versions)
     tx.send_response(make_response(request, 180, to_tag="314159"), 0.02)
-    _take(tx, "a 1xx response from the TU", versions)
+    _take(tx, versions)
     final = make_response(request, status, to_tag="314159")
     tx.send_response(final, 0.5)
-    _take(tx, "a 3xx-6xx response from the TU", versions)
+    _take(tx, versions)
     tx.handle_timer(tx.next_deadline())
-    _take(tx, "Timer G", versions)
+    _take(tx, versions)
     if ack:
         tx.receive(make_ack(request, final), 1.7)
-        _take(tx, "an ACK", versions)
+        _take(tx, versions)
         tx.handle_timer(tx.next_deadline())
-        _take(tx, "Timer I", versions)
+        _take(tx, versions)
     else:
         while tx.next_deadline() is not None:
-            due = tx.next_deadline()
-            fired = "Timer H" if due == tx.timers["H"].deadline else "Timer G"
-            tx.handle_timer(due)
-            _take(tx, fired, versions)
+            tx.handle_timer(tx.next_deadline())
+            _take(tx, versions)
     return versions
 
 
@@ -96,14 +95,14 @@ def non_invite_client_versions(
     request = invite(branch, "audit-2@atlanta.example.com", method="OPTIONS")
     versions: list[Version] = []
     tx = NonInviteClientTransaction(request, UDP, 0.0, timings)
-    _take(tx, "created", versions)
+    _take(tx, versions)
     for _ in range(2):
         tx.handle_timer(tx.next_deadline())
-        _take(tx, "Timer E", versions)
+        _take(tx, versions)
     tx.receive(make_response(request, 200, to_tag="99"), 1.6)
-    _take(tx, "a 2xx response", versions)
+    _take(tx, versions)
     tx.handle_timer(tx.next_deadline())
-    _take(tx, "Timer K", versions)
+    _take(tx, versions)
     return versions
 
 

@@ -55,7 +55,7 @@ def test_every_version_is_recorded_once_and_the_stream_is_emptied(r):
     assert tx.call_id == "audit-1@atlanta.example.com"
     assert tx.from_header.startswith("Alice <sip:alice@atlanta.example.com>")
     assert tx.to_header == "Bob <sip:bob@biloxi.example.com>"
-    assert (tx.outcome, tx.final_status, tx.last_event) == ("completed", 486, "Timer I")
+    assert (tx.outcome, tx.final_status, tx.last_event) == ("completed", 486, "timer_i")
     assert tx.terminated_at is not None
     assert bytes(tx.request) == versions[0].snapshot.request
     node = SipNode.objects.get(pk="node-a")

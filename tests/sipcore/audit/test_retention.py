@@ -132,5 +132,5 @@ def test_an_unacked_final_response_ends_as_a_timeout_in_the_mirror(r):
         "Terminated",
         "timed_out",
         486,
-        "Timer H",
+        "timer_h",
     )
