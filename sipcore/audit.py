@@ -463,6 +463,7 @@ def _record(entries: Sequence[AuditEntry]) -> _Recorded:
             if response is None and before is not None:
                 # Rebuilding relies on a response never vanishing once there was one.
                 refused.append((entry, "it has no last response, yet an earlier version had one"))
+                group.remove(entry)
                 continue
             # The response is kept when it differs from the previous version's. With
             # that version missing (a gap, or not ingested yet) it is kept whole, so
@@ -492,6 +493,7 @@ def _record(entries: Sequence[AuditEntry]) -> _Recorded:
             )
     # Idempotent: a version already recorded (a re-delivery racing this one) is skipped.
     _insert_ignoring_conflicts(TransactionSnapshotRecord, records)
+    _advance_transactions(rows, by_key)
     return _Recorded(len(records), duplicates, refused)
 
 
@@ -598,39 +600,42 @@ def _upsert_nodes(entries: Iterable[AuditEntry]) -> None:
             node.save(update_fields=changed)
 
 
-def _new_transaction(first: AuditEntry, entry: AuditEntry) -> SipTransaction:
-    """A row at ``entry``'s version holding ``first``'s request (the earliest version's)."""
+def _new_transaction(first: AuditEntry) -> SipTransaction:
+    """A row at the transaction's earliest version in hand (later ones advance it)."""
     try:
         request = parse_message(first.snapshot.request)
     except ParseError as exc:
         raise MalformedEntry(f"the stored request does not parse: {exc}") from None
     if not isinstance(request, Request):
         raise MalformedEntry("the stored request is a response")
+    final_status = status_of(first.snapshot.last_response)
     return SipTransaction(
-        key=entry.key,
-        kind=entry.kind,
+        key=first.key,
+        kind=first.kind,
         method=request.method[:32],
         call_id=(request.call_id or "")[:255],
         from_header=(request.headers.get("From") or "")[:255],
         to_header=(request.headers.get("To") or "")[:255],
         request=first.snapshot.request,
-        state=entry.state,
-        version=entry.version,
-        owner_id=entry.owner,
-        epoch=entry.epoch,
-        last_event=entry.event,
-        final_status=status_of(entry.snapshot.last_response),
+        state=first.state,
+        version=first.version,
+        owner_id=first.owner,
+        epoch=first.epoch,
+        last_event=first.event,
+        final_status=final_status,
         created_at=first.at,
-        updated_at=entry.at,
-        terminated_at=entry.at if entry.ended else None,
-        outcome=derive_outcome(entry.event, status_of(entry.snapshot.last_response)) if entry.ended else "",
+        updated_at=first.at,
+        terminated_at=first.at if first.ended else None,
+        outcome=derive_outcome(first.event, final_status) if first.ended else "",
     )
 
 
 def _upsert_transactions(
     by_key: dict[str, list[AuditEntry]], refused: list[tuple[AuditEntry, str]]
 ) -> dict[str, SipTransaction]:
-    """One row per key, at the latest version any entry shows; locked for this transaction.
+    """One row per key (created at the earliest version in hand when new), locked for
+    this transaction; :func:`_advance_transactions` moves rows forward once the
+    versions are recorded.
 
     Entries that contradict the row (another kind, another request) are moved
     from ``by_key`` to ``refused``.
@@ -641,11 +646,8 @@ def _upsert_transactions(
     for key in keys:
         if key in existing:
             continue
-        group = by_key[key]
-        first = min(group, key=lambda e: e.version)
-        latest = max(group, key=lambda e: e.version)
         try:
-            fresh.append(_new_transaction(first, latest))
+            fresh.append(_new_transaction(min(by_key[key], key=lambda e: e.version)))
         except MalformedEntry as exc:
             refused.extend((entry, str(exc)) for entry in by_key.pop(key))
     # Keys in sorted order, in the insert and in the lock, so two consumers of one
@@ -655,7 +657,6 @@ def _upsert_transactions(
         row.key: row
         for row in SipTransaction.objects.select_for_update().filter(key__in=sorted(by_key)).order_by("key")
     }
-    changed: list[SipTransaction] = []
     for key, row in rows.items():
         request = bytes(row.request)
         group = []
@@ -667,6 +668,14 @@ def _upsert_transactions(
             else:
                 group.append(entry)
         by_key[key] = group
+    return {key: row for key, row in rows.items() if by_key.get(key)}
+
+
+def _advance_transactions(rows: Mapping[str, SipTransaction], by_key: Mapping[str, list[AuditEntry]]) -> None:
+    """Move each row to the latest version among its recorded entries (never back)."""
+    changed: list[SipTransaction] = []
+    for key, row in rows.items():
+        group = by_key.get(key)
         if not group:
             continue
         dirty = False
@@ -707,7 +716,6 @@ def _upsert_transactions(
                 "outcome",
             ],
         )
-    return {key: row for key, row in rows.items() if by_key.get(key)}
 
 
 # --- rebuilding a snapshot -------------------------------------------------------------------------

@@ -286,3 +286,19 @@ def test_an_entry_the_database_refuses_is_dead_lettered_alone(r):
     else:
         assert (report.recorded, report.dead) == (7, 0)
     assert r.xlen(stream_name(SHARD)) == 0
+
+
+@pytest.mark.django_db
+def test_a_version_that_is_refused_never_becomes_the_transactions_latest(r):
+    """A version whose response vanished (the store's contract says it cannot) is
+    dead-lettered, and the transaction row stays at the last version recorded."""
+    versions = invite_server_versions()
+    xadd(r, SHARD, versions[:4])
+    vanished = versions[4].snapshot.to_json().split(b',"response":')[0] + b',"response":null}'
+    r.xadd(stream_name(SHARD), {**entry_fields(versions[4]), "snap": vanished})
+    report = ingest_shard(r, SHARD, "c1")
+    assert (report.recorded, report.dead) == (4, 1)
+    tx = SipTransaction.objects.get()
+    assert (tx.version, tx.state) == (3, "Completed")
+    ((_, letter),) = r.xrange(dead_letter_stream(SHARD))
+    assert b"yet an earlier version had one" in letter[b"_reason"]
