@@ -19,11 +19,20 @@ Data flows one way (DESIGN.md, "The SIP node")::
   transactions to ``store.commit`` and puts their messages on the wire only
   after it returns (store before send). A transaction the store refuses
   (fenced by another owner) is dropped and sends nothing.
+* Adoption (a durable store, DESIGN.md "Persistence and ownership"): a message
+  matching nothing in memory may belong to a transaction another node (or this
+  node's previous process) stored. A new request costs nothing extra: its
+  transaction is created as usual and the store refuses its first write when
+  the key exists; the layer then asks the store to adopt the stored one and
+  hands it the request again. An ACK, a CANCEL or a response that matches
+  nothing asks the store at once. Messages for a key being adopted wait for
+  that one lookup; if a live owner holds it, they are dropped and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import inspect
@@ -65,6 +74,7 @@ Address = tuple[str, int]
 
 
 RECENT_DATAGRAMS = 20_000  # retransmissions come within seconds: enough for ~5 s at 4,000/s
+MAX_ADOPTING = 10_000  # store lookups in flight at once: beyond, a miss is dropped (the peer retransmits)
 
 
 class Timed(Protocol):
@@ -92,8 +102,9 @@ class TransactionUser(Protocol):
     def request_received(self, request: Request, source: Source, now: float) -> None:
         """A request matching no transaction (not an ACK): answer statelessly or create one."""
 
-    def ack_received(self, ack: Request, source: Source, now: float) -> None:
-        """An ACK matching no transaction: the ACK of a 2xx (§13.3.1.4), or a stray."""
+    def ack_received(self, ack: Request, source: Source, now: float) -> bool:
+        """An ACK matching no transaction: the ACK of a 2xx (§13.3.1.4), or a stray.
+        True when it was the TU's (a dialog it knows)."""
 
     def cancel_received(
         self, cancel_tx: NonInviteServerTransaction, invite_tx: Transaction, now: float
@@ -105,6 +116,9 @@ class TransactionUser(Protocol):
 
     def transaction_terminated(self, tx: Transaction, now: float) -> None:
         """``tx`` ended and left the layer."""
+
+    def transaction_adopted(self, tx: Transaction, now: float) -> None:
+        """``tx`` was adopted from the store: rebuild what the TU kept for it."""
 
 
 CommitResult = Collection[Transaction] | Awaitable[Collection[Transaction]]
@@ -122,8 +136,27 @@ class TransactionStore(Protocol):
     def commit(self, changed: Sequence[Transaction], now: float) -> CommitResult: ...
 
 
+class AdoptingStore(TransactionStore, Protocol):
+    """A durable store: it can hand over a transaction stored by another node
+    (``sipcore.store.RedisTransactionStore``)."""
+
+    durable: bool
+
+    async def adopt(self, txkey: str, transport_info: TransportInfo | None, now: float) -> Transaction | None:
+        """The stored transaction, now owned here (epoch + 1), its due timers fired;
+        None when a live owner holds it or nothing is stored."""
+
+    def forget(self, txkey: str) -> None:
+        """The layer dropped ``txkey``: stop tracking it (Redis untouched)."""
+
+    async def load(self, txkey: str) -> object | None:
+        """What is stored under ``txkey`` (None: nothing)."""
+
+
 class MemoryStore:
     """Persistence off: transactions live in the node's memory only."""
+
+    durable = False
 
     def commit(self, changed: Sequence[Transaction], now: float) -> CommitResult:
         return ()
@@ -155,6 +188,7 @@ class DeadlineScheduler:
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = float("inf")
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._armed)
@@ -177,6 +211,8 @@ class DeadlineScheduler:
         self._armed.pop(item, None)
 
     def close(self) -> None:
+        """Fire nothing more (a stopping node: the state it releases is the last)."""
+        self._closed = True
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -187,6 +223,8 @@ class DeadlineScheduler:
         heapq.heapify(self._heap)
 
     def _arm(self, deadline: float) -> None:
+        if self._closed:
+            return
         if self._handle is not None:
             self._handle.cancel()
         self._handle_at = deadline
@@ -225,6 +263,14 @@ class TransactionLayer:
     ):
         self.timings = timings or Timings()
         self.store: TransactionStore = store or MemoryStore()
+        adopt = getattr(self.store, "adopt", None)
+        self._adopter: AdoptingStore | None = self.store if callable(adopt) else None  # type: ignore[assignment]
+        # Created here and not yet stored once: a refusal of their first write means the
+        # key exists (another node stored it), so the stored one is adopted instead.
+        self._unstored: set[Transaction] = set()
+        # Keys being adopted -> the messages that wait for the outcome.
+        self._adopting: dict[TransactionKey, list[tuple[Request | Response, Source]]] = {}
+        self._adoptions: set[asyncio.Future[None]] = set()
         self.clock = clock
         self.loop = loop or asyncio.get_running_loop()
         self.metrics = metrics
@@ -327,24 +373,23 @@ class TransactionLayer:
             if metrics is not None:
                 metrics.dropped("internal_error")
 
-    def _request(self, request: Request, source: Source, now: float) -> None:
+    def _request(self, request: Request, source: Source, now: float, *, adopt: bool = True) -> None:
         # An RFC 2543 ACK may belong to an INVITE keyed without its To tag (§17.2.3).
-        tx = next(
-            (
-                found
-                for key in TransactionKey.server_keys_for(request)
-                if (found := self.server.get(key)) is not None
-            ),
-            None,
-        )
+        keys = TransactionKey.server_keys_for(request)
+        tx = next((found for key in keys if (found := self.server.get(key)) is not None), None)
         if tx is not None:
             tx.receive(request, now)  # a retransmission, or the ACK of a non-2xx final (§17.2.1)
             self._touch(tx)
             return
         core = self.core
         assert core is not None, "attach() a transaction user first"
+        adopter = self._adopter if adopt else None
+        if adopter is not None and keys[0] in self._adopting:
+            self._adopting[keys[0]].append((request, source))  # its transaction is on its way
+            return
         if request.method == "ACK":
-            core.ack_received(request, source, now)
+            if not core.ack_received(request, source, now) and adopter is not None:
+                self._adopt_then(keys[0], request, source)  # the ACK of a stored INVITE's final
             return
         if source.transport.protocol == "UDP":
             stamp_via(request, source.remote)
@@ -352,7 +397,11 @@ class TransactionLayer:
             self.drop("draining", source.remote, request)
             return
         if request.method == "CANCEL":  # §9.2
-            invite = self.server.get(TransactionKey.cancelled_by(request))
+            invited = TransactionKey.cancelled_by(request)
+            invite = self.server.get(invited)
+            if invite is None and adopter is not None:
+                self._adopt_then(invited, request, source)
+                return
             if invite is not None:
                 cancel_tx = self.create_server_transaction(request, source, now)
                 assert isinstance(cancel_tx, NonInviteServerTransaction)
@@ -360,12 +409,16 @@ class TransactionLayer:
                 return
         core.request_received(request, source, now)
 
-    def _response(self, response: Response, source: Source, now: float) -> None:
+    def _response(self, response: Response, source: Source, now: float, *, adopt: bool = True) -> None:
         if response.cseq is None:
             self.drop("no_cseq", source.remote, response)
             return
-        tx = self.client.get(TransactionKey.for_client(response))
+        key = TransactionKey.for_client(response)
+        tx = self.client.get(key)
         if tx is None:
+            if self._adopter is not None and adopt:
+                self._adopt_then(key, response, source)
+                return
             assert self.core is not None
             self.core.response_received(response, source, now)
             return
@@ -400,6 +453,8 @@ class TransactionLayer:
         origin = (request.call_id, request.from_tag, cseq.number, cseq.method)
         self._origins[origin] = tx
         self._origin_of[tx] = origin
+        if self._adopter is not None:
+            self._unstored.add(tx)
         self._touch(tx)
         return tx
 
@@ -424,6 +479,8 @@ class TransactionLayer:
         if tx.key in self.client:
             raise ValueError(f"a client transaction {tx.key} is already running")
         self.client[tx.key] = tx
+        if self._adopter is not None:
+            self._unstored.add(tx)
         self._touch(tx)
         return tx
 
@@ -529,6 +586,7 @@ class TransactionLayer:
                 del self._origins[origin]
             self.scheduler.forget(tx)
             self._sent.pop(tx, None)
+            self._unstored.discard(tx)
             datagram = self._recent_of.pop(tx, None)
             if datagram is not None:
                 self._recent.pop(datagram, None)
@@ -575,10 +633,22 @@ class TransactionLayer:
     def _release(
         self, refused: Collection[Transaction], outgoing: list[tuple[Transaction, list[Outgoing]]]
     ) -> None:
+        unstored = self._unstored
         for tx, outs in outgoing:
             if refused and tx in refused:
+                first_write = tx in unstored
                 self._fenced(tx)
+                if first_write and tx.ROLE == "server":
+                    # Its first write found the key taken: the request belongs to a stored
+                    # transaction. Adopt that one and hand it the request again.
+                    transport = self._transports.get((tx.transport.protocol, tx.transport.local))
+                    if transport is not None:
+                        source = Source(transport, tx.transport.remote)
+                        self._adopt_then(tx.key, tx.request, source)
+                unstored.discard(tx)
                 continue
+            if unstored:
+                unstored.discard(tx)
             if not outs:
                 continue
             transport = self._transports.get((tx.transport.protocol, tx.transport.local))
@@ -594,8 +664,93 @@ class TransactionLayer:
     def _fenced(self, tx: Transaction) -> None:
         """The store says another node owns ``tx``: forget it, send nothing more for it."""
         if self.metrics is not None:
-            self.metrics.dropped("fenced")
+            self.metrics.dropped("fenced" if tx not in self._unstored else "stored_elsewhere")
         self._remove(tx)
+        if self._adopter is not None:
+            self._adopter.forget(str(tx.key))
+
+    # --- adoption (a durable store) ---
+
+    def _adopt_then(self, key: TransactionKey, message: Request | Response, source: Source) -> None:
+        """Ask the store for ``key``; then handle ``message`` (and what queued meanwhile)."""
+        assert self._adopter is not None
+        waiting = self._adopting.get(key)
+        if waiting is not None:
+            waiting.append((message, source))
+            return
+        if not self._adopter.durable:  # Redis is down: serve from memory, as without a store
+            self._replay(None, [(message, source)], stored=False)
+            return
+        if len(self._adopting) >= MAX_ADOPTING:
+            self.drop("adoption_backlog", source.remote, message)
+            return
+        self._adopting[key] = [(message, source)]
+        future = asyncio.ensure_future(self._adopt(key, source))
+        self._adoptions.add(future)
+        future.add_done_callback(self._adoptions.discard)
+
+    async def _adopt(self, key: TransactionKey, source: Source) -> None:
+        assert self._adopter is not None
+        try:
+            tx = await self._adopter.adopt(str(key), source.transport_info(), self.clock())
+        except Exception:
+            log.exception("adopting %s failed", key)
+            tx = None
+        stored = False
+        if tx is None and any(type(m) is Request and m.method == "CANCEL" for m, _ in self._adopting[key]):
+            with contextlib.suppress(Exception):  # a CANCEL of nothing stored anywhere gets its 481
+                stored = await self._adopter.load(str(key)) is not None
+        waiting = self._adopting.pop(key, [])
+        if tx is not None and self.install(tx, self.clock()) and self.metrics is not None:
+            self.metrics.adopted.inc()
+        self._replay(tx, waiting, stored=stored)
+
+    def _replay(
+        self, tx: Transaction | None, waiting: list[tuple[Request | Response, Source]], *, stored: bool
+    ) -> None:
+        """Handle what waited for an adoption: to ``tx`` when adopted, else as without a store."""
+        now = self.clock()
+        for message, origin in waiting:
+            try:
+                if type(message) is not Request:
+                    assert isinstance(message, Response)  # to the adopted transaction, or the TU's strays
+                    self._response(message, origin, now, adopt=False)
+                elif tx is not None or (message.method == "CANCEL" and not stored):
+                    self._request(message, origin, now, adopt=False)
+                elif message.method != "ACK":  # (an ACK: the TU saw it already)
+                    # Stored, but a live owner elsewhere holds it: its own timers carry on.
+                    self.drop("owned_elsewhere", origin.remote, message)
+            except (InvalidTransitionError, TransactionMismatchError) as exc:
+                self.drop("invalid_transition", origin.remote, message, error=str(exc)[:200])
+
+    def install(self, tx: Transaction, now: float) -> bool:
+        """Take ``tx`` (restored from the store) into the layer: matched, timed, committed
+        before anything it queued is sent. False if a transaction with its key is live here."""
+        table = self.server if tx.ROLE == "server" else self.client
+        if tx.key in table:
+            return False
+        table[tx.key] = tx
+        if tx.ROLE == "server":
+            cseq = tx.request.cseq
+            if cseq is not None:
+                origin = (tx.request.call_id, tx.request.from_tag, cseq.number, cseq.method)
+                self._origins[origin] = tx
+                self._origin_of[tx] = origin
+        self._touch(tx)
+        if self.core is not None:
+            self.core.transaction_adopted(tx, now)
+        return True
+
+    def lost(self, txs: Collection[Transaction]) -> None:
+        """The store found these taken by another node (a resync after Redis was away, or
+        after this node's lease lapsed): drop them, send nothing more for them."""
+        for tx in txs:
+            table = self.server if tx.ROLE == "server" else self.client
+            if table.get(tx.key) is tx:
+                self._fenced(tx)
+
+    def live_transactions(self) -> list[Transaction]:
+        return [*self.server.values(), *self.client.values()]
 
     def _send(
         self, transport: Transport, message: Request | Response, destination: Address, tx: Transaction | None
@@ -651,6 +806,12 @@ class TransactionLayer:
         return failed
 
     # --- stopping ---
+
+    async def settle(self) -> None:
+        """Commit what changed this turn and wait until every commit made so far is done."""
+        self._flush()
+        while self._commit_tail is not None and not self._commit_tail.done():
+            await asyncio.shield(self._commit_tail)
 
     async def drain(self, timeout: float) -> int:
         """Stop taking new requests; wait until live transactions end or ``timeout``. Returns those left."""

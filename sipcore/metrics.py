@@ -90,6 +90,9 @@ class NodeMetrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
+        self.adopted = Counter(
+            "sip_adopted", "Transactions adopted from the store (another owner's, or released)", registry=r
+        )
         self.durable = Gauge("sip_node_durable", "1 when transactions are stored before sending", registry=r)
         self._tokens = LOG_LINES_PER_SECOND
         self._tokens_at = time.monotonic()

@@ -1,8 +1,16 @@
 """One SIP node: transports, transaction layer, UAS core, heartbeat, metrics, graceful stop.
 
-``run_node(config)`` runs until SIGTERM or SIGINT, then stops reading new
-requests, lets live transactions finish for up to ``grace`` seconds, and
-returns 0. The dial plan is read from the database at start and every
+``run_node(config)`` runs until SIGTERM or SIGINT, then stops and returns 0:
+
+* persistence on (the default): every change is stored in Redis before its
+  messages are sent (``sipcore.store``). On stop the node stops reading,
+  stores and releases every live transaction and exits at once; a node
+  starting with the same id adopts what it released (its timers carry on,
+  each due one fired once) and what a crashed process of it left.
+* persistence off: stops reading new requests and lets live transactions
+  finish for up to ``grace`` seconds.
+
+The dial plan is read from the database at start and every
 ``dialplan_refresh`` seconds (in a thread, off the loop).
 """
 
@@ -17,6 +25,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from callops.config import ListenAddress
 from sipcore.dialplan import DialPlan
@@ -24,9 +33,12 @@ from sipcore.endpoint import Endpoint
 from sipcore.layer import TransactionLayer, TransactionStore
 from sipcore.metrics import NodeMetrics
 from sipcore.peers import PeerProber
-from sipcore.sip import Timings
+from sipcore.sip import Timings, TransportInfo
 from sipcore.transport import TcpTransport, Transport, UdpTransport
 from sipcore.uas import DEFAULT_MAX_TRANSACTIONS, DEFAULT_TIMER_C, UasCore
+
+if TYPE_CHECKING:
+    from sipcore.store import RedisTransactionStore
 
 log = logging.getLogger("sipcore.node")
 
@@ -45,6 +57,8 @@ class NodeConfig:
     tcp_idle_timeout: float = 120.0
     tcp_max_connections: int = 1024
     max_transactions: int = DEFAULT_MAX_TRANSACTIONS
+    persistence: bool = False
+    store_shards: int = 16
 
 
 class Node:
@@ -68,6 +82,13 @@ class Node:
         loop = asyncio.get_running_loop()
         config = self.config
         plan = await loop.run_in_executor(None, self.load_plan)
+        if self.store is None and config.persistence:
+            assert config.redis_url, "persistence needs a Redis URL"
+            from sipcore.store import RedisTransactionStore, default_client
+
+            self.store = RedisTransactionStore(
+                default_client(config.redis_url), config.node_id, shards=config.store_shards
+            )
         self.layer = TransactionLayer(
             timings=config.timings, store=self.store, loop=loop, metrics=self.metrics
         )
@@ -75,8 +96,10 @@ class Node:
             self.layer, plan, timer_c=config.timer_c, max_transactions=config.max_transactions
         )
         self.layer.attach(self.core)
+        if self.durable_store is not None:
+            self.durable_store.on_lost = self.layer.lost
         self.metrics.watch_transactions(lambda: [*self.layer.server.values(), *self.layer.client.values()])
-        self.metrics.durable.set(0)
+        self.metrics.durable.set_function(lambda: 1.0 if getattr(self.store, "durable", False) else 0.0)
         for listen in config.listen:
             transport: Transport
             if listen.protocol == "udp":
@@ -93,6 +116,10 @@ class Node:
                     max_connections=config.tcp_max_connections,
                 )
             self.transports.append(transport)
+        if self.durable_store is not None:
+            await self.durable_store.renew_lease()  # the lease first: adopting needs it
+            self._tasks.append(self.durable_store.start_leases())
+            await self._adopt_own()
         if config.metrics is not None:
             try:
                 self.metrics.serve(*config.metrics)
@@ -115,6 +142,57 @@ class Node:
         )
         print(f"sipserver {config.node_id} listening on {addresses}", flush=True)
 
+    @property
+    def durable_store(self) -> RedisTransactionStore | None:
+        from sipcore.store import RedisTransactionStore
+
+        return self.store if isinstance(self.store, RedisTransactionStore) else None
+
+    async def _adopt_own(self) -> int:
+        """Adopt what this node id left in the store: released on a graceful stop, or
+        held by a crashed process of it (whose lease incarnation is not ours)."""
+        store = self.durable_store
+        assert store is not None
+        try:
+            keys = await store.owned_by(self.config.node_id)
+        except Exception as exc:
+            log.warning("could not list the transactions this node left: %s", exc)
+            return 0
+        adopted = 0
+        for txkey in keys:
+            try:
+                stored = await store.load(txkey)
+                if stored is None:
+                    continue
+                tx = await store.adopt(txkey, self._local_info(stored.snapshot.transport), self.layer.clock())
+            except Exception:
+                log.exception("could not adopt %s", txkey)
+                continue
+            if tx is not None and self.layer.install(tx, self.layer.clock()):
+                adopted += 1
+                self.metrics.adopted.inc()
+        if keys:
+            log.info(
+                "adopted %d of %d transactions this node left",
+                adopted,
+                len(keys),
+                extra={"event": "sip_node_adopted", "node_id": self.config.node_id, "adopted": adopted},
+            )
+        return adopted
+
+    def _local_info(self, stored: TransportInfo) -> TransportInfo | None:
+        """This node's transport facts for a transaction stored with ``stored``: the same
+        listener if it has it, else one of the same protocol and address family."""
+        same = [t for t in self.transports if t.protocol == stored.protocol]
+        for transport in same:
+            if transport.local == stored.local:
+                return transport.info_for(stored.remote)
+        family = ":" in stored.remote[0]
+        for transport in same:
+            if (":" in transport.local[0]) == family:
+                return transport.info_for(stored.remote)
+        return None
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -130,7 +208,10 @@ class Node:
             self.layer.live(),
             extra={"event": "sip_node_stopping", "node_id": self.config.node_id},
         )
-        left = await self.layer.drain(self.config.grace)
+        if self.durable_store is not None:
+            left = await self._release_all()
+        else:
+            left = await self.layer.drain(self.config.grace)
         for task in self._tasks:
             task.cancel()
         for transport in self.transports:
@@ -151,6 +232,27 @@ class Node:
             extra={"event": "sip_node_stopped", "node_id": self.config.node_id, "left": left},
         )
         return 0
+
+    async def _release_all(self) -> int:
+        """Stop reading, store and release every live transaction; the ones left unreleased
+        (Redis down) are returned as a count: a node with this id adopts them later."""
+        store = self.durable_store
+        assert store is not None
+        for transport in self.transports:
+            transport.close()  # stop reading: nothing new reaches a transaction from now on
+        self.layer.scheduler.close()  # and no timer fires: the state released is the last
+        await self.layer.settle()
+        live = self.layer.live_transactions()
+        try:
+            await store.release(live, self.layer.clock())
+            left = 0
+        except Exception as exc:
+            log.warning("could not release %d transactions: %s", len(live), exc)
+            left = len(live)
+        self.layer.server.clear()
+        self.layer.client.clear()
+        await store.drop_leases()
+        return left
 
     async def _refresh_plan(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,7 +276,7 @@ class Node:
                 "listen": [str(listen) for listen in self.config.listen],
                 "started": started,
                 "transactions": self.layer.live(),
-                "durable": False,
+                "durable": bool(getattr(self.store, "durable", False)),
             }
             try:
                 await loop.run_in_executor(None, beat, client, self.config.node_id, info)

@@ -921,7 +921,7 @@ class RedisTransactionStore:
         if value is None:
             return None
         try:
-            header, blob = _split_record(value)
+            header, blob = split_record(value)
             snapshot = TransactionSnapshot.from_json(unpack_snapshot(blob))
             return StoredTransaction(
                 txkey=txkey,
@@ -1000,7 +1000,8 @@ RECORD_FIELDS: Final = ("e", "v", "o", "i", "r", "d")
 _HEADER_MAX: Final = 511  # bytes: numbers, two node ids (<= 200 each), a token, a deadline
 
 
-def _split_record(value: bytes) -> tuple[dict[str, str], bytes]:
+def split_record(value: bytes) -> tuple[dict[str, str], bytes]:
+    """A stored record's header fields (``RECORD_FIELDS``) and its packed snapshot."""
     parts = value.split(b"\n", len(RECORD_FIELDS))
     if len(parts) != len(RECORD_FIELDS) + 1:
         raise ValueError("the record has fewer header lines than RECORD_FIELDS")

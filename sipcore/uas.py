@@ -21,6 +21,7 @@ from sipcore.dialplan import FALLBACK_RULE, DialPlan, Rule
 from sipcore.layer import Source, TransactionLayer, stateless_tag
 from sipcore.sip import (
     AbsoluteUri,
+    InviteServerTransaction,
     NonInviteServerTransaction,
     ParseError,
     Request,
@@ -411,12 +412,14 @@ class UasCore:
         else:
             self.layer.respond(tx, self._options_answer(request), now)
 
-    def ack_received(self, ack: Request, source: Source, now: float) -> None:
-        call = self.dialogs.confirm(ack) if ack.to_tag else None
+    def ack_received(self, ack: Request, source: Source, now: float) -> bool:
+        if ack.to_tag is None or self.dialogs.get(ack) is None:
+            return False  # matches nothing here: absorbed, never answered (§17.2.3)
+        call = self.dialogs.confirm(ack)
         if call is not None:
             call.dispatch(CallEvent.ACK, now)
             self.layer.scheduler.update(call)
-        # Any other ACK matches nothing: absorbed, never answered (§17.2.3).
+        return True
 
     def cancel_received(
         self, cancel_tx: NonInviteServerTransaction, invite_tx: Transaction, now: float
@@ -434,6 +437,26 @@ class UasCore:
             handler(response, source, now)
             return
         self.layer.drop("stray_response", source.remote, response)
+
+    def transaction_adopted(self, tx: Transaction, now: float) -> None:
+        """An INVITE stored unanswered by another node (or this node's previous process):
+        its call is rebuilt from the request, the dial plan and the transaction's age,
+        so the same rule answers it on the same schedule (the 180 sent keeps its tag)."""
+        if not isinstance(tx, InviteServerTransaction) or tx.state is not TransactionState.PROCEEDING:
+            return
+        try:
+            user = uri_user(tx.request.request_uri)
+        except ParseError:
+            user = ""
+        rule = self.plan.match("INVITE", user) or FALLBACK_RULE
+        call = Call(self, tx, rule, tx.created_at)
+        sent = tx.last_response
+        if sent is not None and sent.to_tag:
+            call.to_tag = sent.to_tag
+            call.timers.pop(CallEvent.RING, None)
+            call.state = CallState.RINGING
+        self.calls[tx] = call
+        self._run(call, now)
 
     def transaction_terminated(self, tx: Transaction, now: float) -> None:
         call = self.calls.pop(tx, None)

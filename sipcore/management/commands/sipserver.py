@@ -55,7 +55,7 @@ def peer_prober(endpoint: Endpoint, refresh: float) -> PeerProber:
 # Options each child of --processes gets as its parent was given them.
 FORWARDED_OPTIONS = (
     "t1", "t2", "t4", "timer_c", "grace", "dialplan_refresh",
-    "tcp_idle_timeout", "tcp_max_connections", "max_transactions",
+    "tcp_idle_timeout", "tcp_max_connections", "max_transactions", "persistence",
 )  # fmt: skip
 
 
@@ -106,7 +106,17 @@ class Command(BaseCommand):
             "--tcp-max-connections", type=int, default=1024, help="TCP connections per listener"
         )
         parser.add_argument(
-            "--grace", type=float, default=5.0, help="seconds to let transactions finish on stop"
+            "--grace",
+            type=float,
+            default=5.0,
+            help="with --persistence off: seconds to let transactions finish on stop",
+        )
+        parser.add_argument(
+            "--persistence",
+            choices=("on", "off"),
+            default="on",
+            help="on: store every transaction in Redis before sending (adoptable after a crash, "
+            "released on stop); off: memory only",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -139,7 +149,11 @@ class Command(BaseCommand):
             tcp_max_connections=options["tcp_max_connections"],
             max_transactions=options["max_transactions"],
             redis_url=settings.REDIS_URL or None,
+            persistence=options["persistence"] == "on",
+            store_shards=settings.SIP_STORE_SHARDS,
         )
+        if config.persistence and not config.redis_url:
+            raise CommandError("--persistence on needs REDIS_URL (or run with --persistence off)")
         refresh = options["peers_refresh"]
         prober = None if refresh <= 0 else (lambda endpoint: peer_prober(endpoint, refresh))
         sys.exit(run_node(config, load_plan, prober))

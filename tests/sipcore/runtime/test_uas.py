@@ -113,7 +113,7 @@ def test_metrics_count_messages_transactions_timers_and_loop_lag(sip_node):
     assert any(key.startswith('sip_transactions{kind="invite_server",state="Completed"}') for key in samples)
     assert samples["sip_timer_lateness_seconds_count"] >= 1
     assert samples["sip_loop_lag_seconds_count"] >= 1
-    assert samples["sip_node_durable"] == 0
+    assert samples["sip_node_durable"] == 1  # persistence on (the default), Redis up
 
 
 def test_tcp_garbage_closes_the_connection_and_the_node_serves_on(sip_node):
