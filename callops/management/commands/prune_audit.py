@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from django.apps import apps
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -31,7 +32,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
-        parser.add_argument("--older-than", required=True, help="retention age, e.g. 90d, 12w, 36h, 30m")
+        parser.add_argument(
+            "--older-than",
+            default=None,
+            help="retention age, e.g. 90d, 12w, 36h, 30m; default: each table's retention setting "
+            "(e.g. SIP_AUDIT_RETENTION_DAYS); a table without one needs --older-than",
+        )
         parser.add_argument(
             "--model",
             action="append",
@@ -41,8 +47,7 @@ class Command(BaseCommand):
         parser.add_argument("--batch", type=int, default=1000, help="rows deleted per transaction")
         parser.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
 
-    def handle(self, *args, older_than: str, model: list[str], batch: int, dry_run: bool, **options):  # type: ignore[no-untyped-def]
-        age = parse_age(older_than)
+    def handle(self, *args, older_than: str | None, model: list[str], batch: int, dry_run: bool, **options):  # type: ignore[no-untyped-def]
         if batch < 1:
             raise CommandError(f"--batch must be at least 1, not {batch}")
         prunable = prunable_models()
@@ -58,17 +63,19 @@ class Command(BaseCommand):
                     names = ", ".join(m._meta.label for m in prunable)
                     raise CommandError(f"--model {label!r} is not a prunable audit table; those are: {names}")
                 chosen.append(found)
+        ages = {audit_model: self._age_of(audit_model, older_than) for audit_model in chosen}
         now = timezone.now()
-        cutoff = now - age
         try:
             requested_by = f"manage.py prune_audit by {getpass.getuser()}"
         except (KeyError, OSError):  # no user name for this uid (some containers)
             requested_by = "manage.py prune_audit"
-        self.stdout.write(
-            f"pruning audit rows recorded before {cutoff:%Y-%m-%d %H:%M:%S %Z} ({older_than} ago)"
-        )
         for audit_model in chosen:
+            age = ages[audit_model]
+            cutoff = now - age
             table = audit_model._meta.db_table
+            self.stdout.write(
+                f"{table}: pruning rows recorded before {cutoff:%Y-%m-%d %H:%M:%S %Z} ({age} old)"
+            )
             if dry_run:
                 field = audit_model.audit_prune_field  # type: ignore[attr-defined]
                 count = audit_model._base_manager.filter(**{f"{field}__lt": cutoff}).count()
@@ -82,3 +89,16 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.SUCCESS(f"{table}: {done.deleted} rows deleted in {done.batches} batches")
             )
+
+    @staticmethod
+    def _age_of(audit_model, older_than: str | None) -> timedelta:  # type: ignore[no-untyped-def]
+        if older_than is not None:
+            return parse_age(older_than)
+        setting = getattr(audit_model, "audit_retention_setting", None)
+        days = getattr(settings, setting, None) if setting else None
+        if days is None:
+            raise CommandError(
+                f"{audit_model._meta.label} has no retention setting: give --older-than (or --model "
+                "to choose tables that have one)"
+            )
+        return timedelta(days=float(days))

@@ -134,3 +134,20 @@ def test_an_unacked_final_response_ends_as_a_timeout_in_the_mirror(r):
         486,
         "timer_h",
     )
+
+
+@override_settings(SIP_AUDIT_RETENTION_DAYS=30)
+def test_prune_audit_without_an_age_uses_each_tables_retention_setting(r):
+    ingest(r, invite_server_versions(), at=timezone.now() - timedelta(days=31))
+    ingest(r, invite_server_versions(branch="z9hG4bKfresh", call_id="fresh@x"), at=timezone.now())
+    call_command("prune_audit", "--model", "sipcore.TransactionSnapshotRecord")
+    assert set(TransactionSnapshotRecord.objects.values_list("transaction__call_id", flat=True)) == {
+        "fresh@x"
+    }
+
+
+def test_prune_audit_without_an_age_refuses_a_table_with_no_retention_setting(r):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="no retention setting"):
+        call_command("prune_audit", "--model", "callops.CallStateSnapshot")
