@@ -437,9 +437,9 @@ class Transaction:
         if request is None:
             return
         if self._request_wire is None:
-            self._request_wire = bytes(request)
+            self._request_wire = request.to_bytes()
         if response is not None and self._response_wire is None:
-            self._response_wire = bytes(response)
+            self._response_wire = response.to_bytes()
         if self._via_route is None:
             self._via_route = _via_route_of(request)
         self._request_object = self._response_object = None
@@ -918,7 +918,7 @@ class _ServerTransaction(Transaction):
         """The response answers this transaction's request (RFC 3261 §8.2.6.2, §17.2.3):
         the same top Via, Call-ID, From and CSeq, and its To (a tag added unless the
         request had one); TransactionMismatchError naming what differs otherwise."""
-        request = self._request
+        request = self._request_object or self._request  # (parsed again once compacted)
         # A response built from the request (make_response) holds the request's own
         # checked values for these headers: its seeds are the same objects, immutable
         # matches on the lines, so they are equal without reading anything off them.
@@ -972,7 +972,10 @@ class _ServerTransaction(Transaction):
                 f"a server transaction receives requests, not a {message.status_code}"
             )
         if message.method == "ACK":
-            if self.key not in TransactionKey.server_keys_for(message):
+            # Its own key first; an RFC 2543 ACK may also have the one without its To tag.
+            if TransactionKey.for_server(message) != self.key and self.key not in (
+                TransactionKey.server_keys_for(message)
+            ):
                 raise TransactionMismatchError(
                     f"ACK with branch {message.branch!r} does not match {self.key}"
                 )
