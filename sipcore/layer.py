@@ -66,6 +66,7 @@ from sipcore.sip.keys import default_port
 
 if TYPE_CHECKING:
     from sipcore.metrics import NodeMetrics
+    from sipcore.relay import Relay
     from sipcore.transport import Transport
 
 log = logging.getLogger("sipcore.node")
@@ -91,6 +92,7 @@ class Source:
 
     transport: Transport
     remote: Address
+    relayed: bool = False  # forwarded by another node (sipcore.relay): never relayed again
 
     def transport_info(self) -> TransportInfo:
         return self.transport.info_for(self.remote)
@@ -271,6 +273,7 @@ class TransactionLayer:
         # Keys being adopted -> the messages that wait for the outcome.
         self._adopting: dict[TransactionKey, list[tuple[Request | Response, Source]]] = {}
         self._adoptions: set[asyncio.Future[None]] = set()
+        self.relay: Relay | None = None  # set by the node: forwards to a transaction's live owner
         self.clock = clock
         self.loop = loop or asyncio.get_running_loop()
         self.metrics = metrics
@@ -305,6 +308,13 @@ class TransactionLayer:
     def transport_for(self, info: TransportInfo) -> Transport | None:
         return self._transports.get((info.protocol, info.local))
 
+    def transport_at(self, protocol: str, local: Address) -> Transport | None:
+        """The listener at ``local``, else the first of ``protocol`` (a relayed message)."""
+        found = self._transports.get((protocol, local))
+        if found is None:
+            found = next((t for (p, _), t in self._transports.items() if p == protocol), None)
+        return found
+
     @property
     def transports(self) -> list[Transport]:
         return list(self._transports.values())
@@ -314,7 +324,9 @@ class TransactionLayer:
 
     # --- inbound ---
 
-    def datagram_received(self, data: bytes, transport: Transport, remote: Address) -> None:
+    def datagram_received(
+        self, data: bytes, transport: Transport, remote: Address, relayed: bool = False
+    ) -> None:
         if not data.strip(b"\r\n"):
             return  # RFC 5626 §3.5.1 keep-alive (CRLF): nothing to parse
         recent = self._recent.get(data)
@@ -327,7 +339,7 @@ class TransactionLayer:
             return
         self._datagram = data
         try:
-            self.message_received(message, transport, remote)
+            self.message_received(message, transport, remote, relayed)
         finally:
             self._datagram = None
 
@@ -349,19 +361,21 @@ class TransactionLayer:
         self._touch(tx)
         return True
 
-    def message_received(self, message: Request | Response, transport: Transport, remote: Address) -> None:
+    def message_received(
+        self, message: Request | Response, transport: Transport, remote: Address, relayed: bool = False
+    ) -> None:
         now = self.clock()
         metrics = self.metrics
         try:
             if type(message) is Request:
                 if metrics is not None:
                     metrics.message_in(message.method, None)
-                self._request(message, Source(transport, remote), now)
+                self._request(message, Source(transport, remote, relayed), now)
             else:
                 assert isinstance(message, Response)
                 if metrics is not None:
                     metrics.message_in(_cseq_method(message), message.status_code)
-                self._response(message, Source(transport, remote), now)
+                self._response(message, Source(transport, remote, relayed), now)
         except (InvalidTransitionError, TransactionMismatchError) as exc:
             # The peer sent what its transaction's state does not take (an ACK while the INVITE
             # is still proceeding...): the message is dropped, the transaction goes on.
@@ -703,14 +717,23 @@ class TransactionLayer:
         waiting = self._adopting.pop(key, [])
         if tx is not None and self.install(tx, self.clock()) and self.metrics is not None:
             self.metrics.adopted.inc()
-        self._replay(tx, waiting, stored=stored)
+        owner = None if tx is not None else self._adopter.owners_seen.get(str(key))
+        self._replay(tx, waiting, stored=stored, owner=owner)
 
     def _replay(
-        self, tx: Transaction | None, waiting: list[tuple[Request | Response, Source]], *, stored: bool
+        self,
+        tx: Transaction | None,
+        waiting: list[tuple[Request | Response, Source]],
+        *,
+        stored: bool,
+        owner: str | None = None,
     ) -> None:
-        """Handle what waited for an adoption: to ``tx`` when adopted, else as without a store."""
+        """Handle what waited for an adoption: to ``tx`` when adopted, to the live ``owner``
+        through the relay when another node holds it, else as without a store."""
         now = self.clock()
         for message, origin in waiting:
+            if owner is not None and not origin.relayed and self._relay_to(owner, message, origin):
+                continue
             try:
                 if type(message) is not Request:
                     assert isinstance(message, Response)  # to the adopted transaction, or the TU's strays
@@ -722,6 +745,15 @@ class TransactionLayer:
                     self.drop("owned_elsewhere", origin.remote, message)
             except (InvalidTransitionError, TransactionMismatchError) as exc:
                 self.drop("invalid_transition", origin.remote, message, error=str(exc)[:200])
+
+    def _relay_to(self, owner: str, message: Request | Response, origin: Source) -> bool:
+        if self.relay is None or origin.transport.protocol != "UDP":
+            return False
+        if not self.relay.forward(owner, message.to_bytes(), origin.transport.local, origin.remote):
+            return False
+        if self.metrics is not None:
+            self.metrics.relayed.inc()
+        return True
 
     def install(self, tx: Transaction, now: float) -> bool:
         """Take ``tx`` (restored from the store) into the layer: matched, timed, committed
@@ -740,6 +772,12 @@ class TransactionLayer:
         if self.core is not None:
             self.core.transaction_adopted(tx, now)
         return True
+
+    def detach(self, tx: Transaction) -> None:
+        """Stop acting for ``tx`` (handed over to another node): no timer, no TU state,
+        no match; the store is not told (the hand-over writes it)."""
+        self._dirty.pop(tx, None)
+        self._remove(tx)
 
     def lost(self, txs: Collection[Transaction]) -> None:
         """The store found these taken by another node (a resync after Redis was away, or

@@ -93,6 +93,9 @@ class NodeMetrics:
         self.adopted = Counter(
             "sip_adopted", "Transactions adopted from the store (another owner's, or released)", registry=r
         )
+        self.relayed = Counter(
+            "sip_relayed", "Messages forwarded to the node owning their transaction", registry=r
+        )
         self.durable = Gauge("sip_node_durable", "1 when transactions are stored before sending", registry=r)
         self._tokens = LOG_LINES_PER_SECOND
         self._tokens_at = time.monotonic()

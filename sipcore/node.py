@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from callops.config import ListenAddress
+from sipcore.control import serve as control_serve
 from sipcore.dialplan import DialPlan
 from sipcore.endpoint import Endpoint
 from sipcore.layer import TransactionLayer, TransactionStore
 from sipcore.metrics import NodeMetrics
 from sipcore.peers import PeerProber
+from sipcore.relay import Relay, relay_key
 from sipcore.sip import Timings, TransportInfo
 from sipcore.transport import TcpTransport, Transport, UdpTransport
 from sipcore.uas import DEFAULT_MAX_TRANSACTIONS, DEFAULT_TIMER_C, UasCore
@@ -59,6 +61,7 @@ class NodeConfig:
     max_transactions: int = DEFAULT_MAX_TRANSACTIONS
     persistence: bool = False
     store_shards: int = 16
+    relay_secret: bytes = b""  # keys the relay's envelopes (sipcore.relay): the deployment's secret
 
 
 class Node:
@@ -76,6 +79,7 @@ class Node:
         self.metrics = NodeMetrics(config.node_id)
         self.transports: list[Transport] = []
         self.stopping = asyncio.Event()
+        self.relay: Relay | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -120,6 +124,16 @@ class Node:
             await self.durable_store.renew_lease()  # the lease first: adopting needs it
             self._tasks.append(self.durable_store.start_leases())
             await self._adopt_own()
+            udp = next((t for t in self.transports if t.protocol == "UDP"), None)
+            if udp is not None and config.relay_secret:
+                self.relay = Relay(self.layer, relay_key(config.relay_secret))
+                await self.relay.listen(udp.local[0])
+                self.layer.relay = self.relay
+            assert config.redis_url is not None
+            import redis.asyncio as aioredis
+
+            control = aioredis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=2)
+            self._tasks.append(asyncio.ensure_future(control_serve(self, control)))
         if config.metrics is not None:
             try:
                 self.metrics.serve(*config.metrics)
@@ -164,7 +178,7 @@ class Node:
                 stored = await store.load(txkey)
                 if stored is None:
                     continue
-                tx = await store.adopt(txkey, self._local_info(stored.snapshot.transport), self.layer.clock())
+                tx = await store.adopt(txkey, self.local_info(stored.snapshot.transport), self.layer.clock())
             except Exception:
                 log.exception("could not adopt %s", txkey)
                 continue
@@ -180,7 +194,7 @@ class Node:
             )
         return adopted
 
-    def _local_info(self, stored: TransportInfo) -> TransportInfo | None:
+    def local_info(self, stored: TransportInfo) -> TransportInfo | None:
         """This node's transport facts for a transaction stored with ``stored``: the same
         listener if it has it, else one of the same protocol and address family."""
         same = [t for t in self.transports if t.protocol == stored.protocol]
@@ -216,6 +230,8 @@ class Node:
             task.cancel()
         for transport in self.transports:
             transport.close()
+        if self.relay is not None:
+            self.relay.close()
         self.layer.close()
         if self.config.redis_url:
             with contextlib.suppress(Exception):
@@ -265,7 +281,7 @@ class Node:
 
     async def _heartbeat(self) -> None:
         from callops.redis import get_redis
-        from sipcore.nodes import HEARTBEAT_TTL, beat
+        from sipcore.nodes import beat, live_nodes
 
         loop = asyncio.get_running_loop()
         client = get_redis(self.config.redis_url)
@@ -278,11 +294,29 @@ class Node:
                 "transactions": self.layer.live(),
                 "durable": bool(getattr(self.store, "durable", False)),
             }
+            if self.relay is not None and self.relay.address is not None:
+                info["relay"] = f"{self.relay.address[0]}|{self.relay.address[1]}"
             try:
                 await loop.run_in_executor(None, beat, client, self.config.node_id, info)
+                if self.relay is not None:
+                    beats = await loop.run_in_executor(None, live_nodes, client)
+                    self.relay.peers = relay_addresses(beats)
             except Exception as exc:  # Redis down: keep serving, say so
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(HEARTBEAT_TTL / 3)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+HEARTBEAT_INTERVAL = 1.0  # also how soon a node learns another's relay address
+
+
+def relay_addresses(beats: list[dict[str, object]]) -> dict[str, tuple[str, int]]:
+    """node id -> relay address, from the live nodes' heartbeats."""
+    found = {}
+    for beat in beats:
+        host, _, port = str(beat.get("relay") or "").rpartition("|")
+        if host and port.isdigit():
+            found[str(beat["node_id"])] = (host, int(port))
+    return found
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

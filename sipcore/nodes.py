@@ -21,7 +21,7 @@ import redis
 
 HEARTBEAT_PREFIX = "sip:node:"
 NODES_INDEX = "sip:nodes"
-HEARTBEAT_TTL = 15  # seconds; a node beats every TTL/3
+HEARTBEAT_TTL = 15  # seconds; a node beats every second (sipcore.node.HEARTBEAT_INTERVAL)
 INDEX_TTL = 24 * 3600  # the index itself goes when no node has beaten for this long
 
 

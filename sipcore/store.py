@@ -118,6 +118,7 @@ LEASE_INTERVAL: Final = 1.0  # renewed every second
 EXPIRE_GRACE: Final = 5.0  # a stored transaction outlives its last deadline by this much
 IDLE_TTL: Final = 300.0  # a transaction with no running timer (waiting for its TU)
 AUDIT_MAXLEN: Final = 20_000  # per shard, approximate (XADD MAXLEN ~)
+OWNERS_SEEN: Final = 10_000
 COMMIT_TIMEOUT: Final = 0.5  # seconds a pipeline may take before the store calls itself not durable
 
 # The audit stream's fields: a contract with the ingester (keep these names).
@@ -456,6 +457,9 @@ class RedisTransactionStore:
         self._shas: dict[str, str] = {}
         self._last_renewal: float | None = None  # loop time of the last successful renewal
         self._lease_task: asyncio.Task[None] | None = None
+        # txkey -> the live owner a refused adoption found (bounded, oldest out): where the
+        # layer relays a message for a transaction another node holds.
+        self.owners_seen: dict[str, str] = {}
         # Counters (the node's metrics read them).
         self.refused_total = 0
         self.skipped_rearms = 0
@@ -742,7 +746,13 @@ class RedisTransactionStore:
             self._went_down(exc)
             return None
         if int(result[0]) != 1:
+            if result[1] in (b"owned", "owned"):  # {0, 'owned', owner, released}
+                owner = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+                self.owners_seen[txkey] = owner
+                while len(self.owners_seen) > OWNERS_SEEN:
+                    del self.owners_seen[next(iter(self.owners_seen))]
             return None
+        self.owners_seen.pop(txkey, None)
         epoch, blob = int(result[1]), result[2]
         self._epochs[txkey] = epoch
         try:

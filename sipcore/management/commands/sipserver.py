@@ -151,6 +151,7 @@ class Command(BaseCommand):
             redis_url=settings.REDIS_URL or None,
             persistence=options["persistence"] == "on",
             store_shards=settings.SIP_STORE_SHARDS,
+            relay_secret=settings.SECRET_KEY.encode(),
         )
         if config.persistence and not config.redis_url:
             raise CommandError("--persistence on needs REDIS_URL (or run with --persistence off)")
