@@ -295,10 +295,24 @@ def run_health_checks(redis_error: BaseException | None = None) -> HealthReport:
     version = {"server_version": facts.version}
     redis_check = CheckResult("redis", True, True, detail=version, latency_ms=_ms(started))
     celery_check = _check_celery(facts)
-    sip_check = _timed("sip", False, lambda: {"nodes": [node.get("node_id") for node in live_nodes(client)]})
+    sip_check = _check_sip_nodes(client)
     return HealthReport(
         (database, redis_check, celery_check, sip_check, _check_sip_peers(database)), checked_at
     )
+
+
+def _check_sip_nodes(client: redis.Redis) -> CheckResult:
+    """Live SIP nodes from their heartbeats; failing (not required: calls still go
+    through) while a node with persistence on cannot store (Redis away from it)."""
+    started = time.perf_counter()
+    try:
+        beats = live_nodes(client)
+    except Exception as exc:
+        return CheckResult("sip", False, False, error=_describe(exc), latency_ms=_ms(started))
+    not_durable = [str(b["node_id"]) for b in beats if b.get("persistence") and not b.get("durable")]
+    detail = {"nodes": [b.get("node_id") for b in beats], "not_durable": not_durable}
+    error = f"not durable (serving from memory): {', '.join(not_durable)}" if not_durable else None
+    return CheckResult("sip", not not_durable, False, detail=detail, error=error, latency_ms=_ms(started))
 
 
 def _check_sip_peers(database: CheckResult) -> CheckResult:

@@ -293,6 +293,7 @@ class Node:
                 "started": started,
                 "transactions": self.layer.live(),
                 "durable": bool(getattr(self.store, "durable", False)),
+                "persistence": self.durable_store is not None,
             }
             if self.relay is not None and self.relay.address is not None:
                 info["relay"] = f"{self.relay.address[0]}|{self.relay.address[1]}"

@@ -78,7 +78,22 @@ def test_healthz_ok_with_a_live_worker(client, admin_client, celery_worker, redi
     assert checks["celery"]["live"] >= 1
     assert checks["celery"]["workers"][0]["age_s"] <= checks["celery"]["max_age_s"]
     assert "test-node-healthz" in checks["sip"]["nodes"]
+    assert checks["sip"]["not_durable"] == []
     assert detail["versions"]["django"]
+
+
+@pytest.mark.django_db
+def test_a_sip_node_that_cannot_store_fails_the_sip_check_but_not_health(client, redis_client):
+    beat(redis_client, "test-node-memory", {"persistence": True, "durable": False})
+    beat(redis_client, "test-node-off", {"persistence": False, "durable": False})
+    try:
+        body = client.get("/healthz", **with_token()).json()
+    finally:
+        forget(redis_client, "test-node-memory")
+        forget(redis_client, "test-node-off")
+    assert body["checks"]["sip"]["status"] == "failing"
+    assert body["checks"]["sip"]["not_durable"] == ["test-node-memory"]  # persistence off is no failure
+    assert "sip" not in body["failing"]  # calls still go through: not a required part
 
 
 @pytest.mark.django_db
