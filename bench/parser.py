@@ -18,8 +18,10 @@ library that reads a different field would make the comparison meaningless.
 
 Method: every (library, case) pair gets a fixed iteration count, calibrated so one
 repeat takes about 0.3 s; each pair is repeated five times and the best repeat is
-kept. The machine is shared and noisy, and noise only ever makes a run slower, so
-the minimum is the best estimate of the code's own cost. Repeats are interleaved
+kept. Time is this process's CPU time (``time.process_time``): on a shared machine
+the wall clock also counts the turns other processes take on the CPU. Noise only
+ever makes a run slower, so the minimum is the best estimate of the code's own
+cost (the rates are messages per CPU second). Repeats are interleaved
 round-robin (ours, sippy, sipmessage, ours, ...) so that a noisy stretch hits every
 library alike rather than whichever happened to run then. Everything runs in this
 one process and thread, with the garbage collector left on for all libraries.
@@ -250,9 +252,9 @@ def check(libraries: list[Library]) -> None:
 
 
 def _time(loop: Callable[[Any, int], None], arg: Any, n: int) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     loop(arg, n)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def calibrate(loop: Callable[[Any, int], None], arg: Any, seconds: float) -> int:
@@ -303,7 +305,7 @@ def run(libraries: list[Library], repeats: int, seconds: float) -> dict[str, dic
 
 def report(rates: dict[str, dict[str, float]], names: list[str], repeats: int) -> None:
     ours, peers = names[0], names[1:]
-    print(f"parser benchmark (best of {repeats}, messages/second, higher is better)")
+    print(f"parser benchmark (best of {repeats}, messages per CPU second, higher is better)")
     header = f"{'case':<20}" + "".join(f"{name:>12}" for name in names) + f"{'best peer':>12}{'ratio':>8}"
     print(header)
     for row, by_name in rates.items():
