@@ -178,7 +178,7 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (one header line), or ``default``."""
-        key = _key_of(name)
+        key = _KEY_OF_SPELLING.get(name) or _key_of(name)
         seed = self._seeds.get(key)
         if seed is None:
             if key not in self._others:
@@ -194,7 +194,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value of header ``name``, in order."""
-        key = _key_of(name)
+        key = _KEY_OF_SPELLING.get(name) or _key_of(name)
         seed = self._seeds.get(key)
         if seed is None:
             if key not in self._others:
