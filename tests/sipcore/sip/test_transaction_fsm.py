@@ -774,3 +774,19 @@ def test_a_final_response_on_tcp_ends_with_its_zero_timer():
     tx = new_transaction("non_invite_server", TCP)
     tx.send_response(response(tx.request, 200), now=0.1)  # type: ignore[attr-defined]
     assert (tx.state, tx.last_event) == (S.TERMINATED, "timer_j")
+
+
+@pytest.mark.parametrize("now", [float("nan"), float("inf"), -float("inf"), 2.0**41, -(2.0**41)])
+def test_every_input_refuses_a_clock_reading_it_cannot_use(now):
+    tx = new_transaction("invite_server", UDP)
+    with pytest.raises(ValueError, match="finite clock reading"):
+        tx.send_response(response(tx.request, 486), now=now)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="finite clock reading"):
+        tx.receive(request("INVITE"), now=now)
+    with pytest.raises(ValueError, match="finite clock reading"):
+        tx.handle_timer(now)
+    with pytest.raises(ValueError, match="finite clock reading"):
+        tx.terminate(now)
+    with pytest.raises(ValueError, match="finite clock reading"):
+        InviteServerTransaction(request("INVITE"), UDP, now=now)
+    assert (tx.state, tx.version, tx.last_event) == (S.PROCEEDING, 0, "created")
