@@ -9,8 +9,8 @@ flight until ``--calls`` are done, on UDP:
 * OPTIONS -> 200 (one non-INVITE transaction per call);
 * INVITE -> 486 -> ACK to the ``busy`` rule (one INVITE server transaction per call).
 
-Servers: ``manage.py sipserver`` (one process, then ``--processes 2``, persistence
-off: it has none yet), and Kamailio from Debian's package as a stateful responder
+Servers: ``manage.py sipserver`` (one process with persistence off, then on with the
+audit ingester running, then ``--processes 2`` off), and Kamailio from Debian's package as a stateful responder
 (``t_newtran()`` + ``t_reply()``, configuration generated into a temporary
 directory, one UDP worker). Reported: achieved transactions/s, SIPp's failed calls
 and retransmissions, and each server's CPU time per transaction: utime+stime of
@@ -24,6 +24,7 @@ is a report; the exit status is 0 unless a server could not start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import shutil
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -147,17 +149,93 @@ def wait_udp(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing answers on udp:127.0.0.1:{port}")
 
 
-def start_node(processes: int, metrics_port: int | None = None) -> Server:
-    port = free_port()
+def start_node(
+    processes: int,
+    metrics_port: int | None = None,
+    persistence: bool = False,
+    port: int | None = None,
+    node_id: str | None = None,
+) -> Server:
+    port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-sipnode-"))
     args = [sys.executable, "manage.py", "sipserver", "--listen", f"udp:127.0.0.1:{port}",
-            "--processes", str(processes), "--node-id", f"bench-{port}", "--grace", "0.5",
+            "--processes", str(processes), "--node-id", node_id or f"bench-{port}", "--grace", "0.5",
+            "--persistence", "on" if persistence else "off", "--reuse-port",
             "--metrics", f"127.0.0.1:{metrics_port}" if metrics_port else "off"]  # fmt: skip
     log = (workdir / "node.log").open("wb")
     process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"callops x{processes}", process, port, workdir)
+    name = f"callops x{processes}" + (" +store" if persistence else "")
+    server = Server(name, process, port, workdir)
     wait_udp(port)
     return server
+
+
+class LagSampler(threading.Thread):
+    """Samples the audit lag (oldest unacknowledged stream entry, any shard) every 0.2 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.running = True
+
+    def run(self) -> None:
+        from callops.redis import get_redis
+        from sipcore.audit import audit_lag
+
+        client = get_redis()
+        while self.running:
+            with contextlib.suppress(Exception):
+                self.samples.append(max(audit_lag(client).values(), default=0.0))
+            time.sleep(0.2)
+
+    def p99(self) -> float:
+        if not self.samples:
+            return float("nan")
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def start_ingester(workdir: Path) -> subprocess.Popen[bytes]:
+    log = (workdir / "ingest.log").open("wb")
+    args = [sys.executable, "manage.py", "ingest_sip_audit"]
+    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def adoption_after_crash() -> float:
+    """Seconds from a kill -9 to the first answer of the survivor (sharing the port) to a
+    retransmission of one of the dead node's transactions. The lease (3 s, renewed every
+    second) runs out 2-3 s after the kill; adoption must follow within 1 s of that."""
+    port = free_port()
+    first = start_node(1, persistence=True, port=port, node_id=f"bench-crash-a-{port}")
+    second = None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            local = sock.getsockname()[1]
+            request = (
+                f"INVITE sip:busy@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bKcrash\r\n"
+                f"From: <sip:b@127.0.0.1>;tag=c\r\nTo: <sip:busy@127.0.0.1>\r\nCall-ID: crash{port}\r\n"
+                f"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+            sock.sendto(request, ("127.0.0.1", port))
+            sock.settimeout(2.0)
+            sock.recv(65535)  # the 486
+            second = start_node(1, persistence=True, port=port, node_id=f"bench-crash-b-{port}")
+            os.killpg(first.process.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            sock.settimeout(0.1)
+            while time.monotonic() - killed < 15:
+                sock.sendto(request, ("127.0.0.1", port))  # the peer retransmits every 100 ms
+                try:
+                    sock.recv(65535)
+                    return time.monotonic() - killed
+                except TimeoutError:
+                    continue
+            return float("nan")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 def start_kamailio() -> Server | None:
@@ -399,22 +477,47 @@ def main() -> int:
         print("sipp not installed (apt-get install sip-tester)")
         return 1
     os.environ.setdefault("DEBUG", "1")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callops.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()  # the audit-lag sampler reads Redis through the project's settings
     # The node answers from the dial plan in the database: make sure it is there (busy -> 486).
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
     seed = "from sipcore.models import DialPlanRule; DialPlanRule.seed()"
     subprocess.run([sys.executable, "manage.py", "shell", "-c", seed], cwd=ROOT, check=True)
     runs: list[Run] = []
+    lags: list[float] = []
     scenarios = (("options", "ping"), ("invite_busy", "busy"))
-    for starter in (start_kamailio, lambda: start_node(1), lambda: start_node(2)):
+    starters = (
+        start_kamailio,
+        lambda: start_node(1),
+        lambda: start_node(1, persistence=True),
+        lambda: start_node(2),
+    )
+    for starter in starters:
         server = starter()
         if server is None:
             continue
+        durable = server.name.endswith("+store")
+        ingester = start_ingester(server.workdir) if durable else None
+        sampler = LagSampler() if durable else None
+        if sampler is not None:
+            sampler.start()
         try:
             for scenario, user in scenarios:
                 runs.append(run_sipp(server, scenario, user, calls, args.concurrency))
                 print(f"  {runs[-1]}", flush=True)
         finally:
             server.stop()
+            if sampler is not None:
+                time.sleep(2.0)  # the ingester catches up with the end of the run
+                sampler.running = False
+                sampler.join(5)
+                lags.append(sampler.p99())
+            if ingester is not None:
+                ingester.terminate()
+                ingester.wait(15)
             shutil.rmtree(server.workdir, ignore_errors=True)
 
     print(f"\nSIPp closed loop, -l {args.concurrency}, {calls} calls per run, UDP on loopback "
@@ -429,6 +532,16 @@ def main() -> int:
         label = "OPTIONS" if run.scenario == "options" else "INVITE->486->ACK"
         print(f"{run.server:<14} {label:<22} {run.rate:>8.0f} {run.failed:>7} {run.retransmissions:>8} "
               f"{run.cpu_us:>10.1f} {ratio:>12}")  # fmt: skip
+    plain = {run.scenario: run for run in runs if run.server == "callops x1"}
+    for run in runs:
+        if run.server == "callops x1 +store" and run.scenario in plain:
+            label = "OPTIONS" if run.scenario == "options" else "INVITE->486->ACK"
+            print(f"persistence on vs off, {label}: {run.cpu_us / plain[run.scenario].cpu_us:.2f}x node CPU "
+                  f"({run.rate:.0f} vs {plain[run.scenario].rate:.0f} tx/s)")  # fmt: skip
+    if lags:
+        print(f"audit lag p99 with persistence on (ingester running, sampled every 0.2 s): {max(lags):.2f} s")
+    print(f"adoption after a crash: first retransmission answered {adoption_after_crash():.2f} s after "
+          "the kill -9 (the lease, 3 s renewed every 1 s, runs out 2-3 s after it)")  # fmt: skip
     figures = in_process(5000)
     print(f"\ncallops in-process (no sockets, median of 5 x 5,000): OPTIONS {figures['options']:.0f} us CPU/tx, "
           f"INVITE->486->ACK {figures['invite_busy']:.0f} us CPU/tx")  # fmt: skip
