@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -104,11 +105,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import hiredis
+import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from sipcore.sip import Transaction, TransactionSnapshot, TransportInfo, restore_transaction
+from sipcore.sip import snapshot as snapshot_format
 
 log = logging.getLogger("sipcore.store")
 
@@ -244,16 +247,84 @@ def lease_key(shard: int, node_id: str) -> str:
     return lease_prefix(shard) + node_id
 
 
-def _place(txkey: str, shards: int) -> tuple[int, bytes]:
-    """A transaction's shard and its record key, encoded as the scripts receive it."""
-    shard = shard_of(txkey, shards)
-    return shard, f"{shard_tag(shard)}:tx:{txkey}".encode("utf-8", "surrogateescape")
-
-
 @functools.lru_cache(maxsize=16384)
 def _shard_keys(shard: int) -> tuple[bytes, bytes, bytes]:
     """The timers, live and audit keys of a shard (the commit script's first KEYS)."""
     return timers_key(shard).encode(), live_key(shard).encode(), audit_key(shard).encode()
+
+
+# --- a transaction's snapshots, encoded version after version -----------------------
+
+
+class _Place:
+    """What stays the same across a held transaction's versions: its shard and record
+    key, and the JSON forms of its request, last response, transport and timings
+    (each kept with the object it encodes, compared by identity: a transaction
+    keeps its wire bytes and its TransportInfo between versions, and this holds a
+    reference to each, so an ``is`` match is the same object, never a reused id)."""
+
+    __slots__ = ("key", "request", "request_doc", "response", "response_doc", "shard", "timings",
+                 "timings_doc", "transport", "transport_doc")  # fmt: skip
+
+    def __init__(self, txkey: str, shards: int):
+        self.shard = shard_of(txkey, shards)
+        self.key = f"{shard_tag(self.shard)}:tx:{txkey}".encode("utf-8", "surrogateescape")
+        self.request: bytes | None = None
+        self.request_doc: Any = None
+        self.response: bytes | None = None
+        self.response_doc: Any = None
+        self.transport: TransportInfo | None = None
+        self.transport_doc: Any = None
+        self.timings: object = None
+        self.timings_doc: Any = None
+
+    def snapshot_json(self, snapshot: TransactionSnapshot) -> bytes:
+        """Exactly ``snapshot.to_json()`` (tests compare them byte for byte, and the
+        audit ingester reads it with ``TransactionSnapshot.from_json``), without
+        encoding again what did not change since the previous version: the last
+        response's encoding (every header line looked up among the request's) is
+        most of ``to_json``'s cost, and a transaction sends at most a few
+        responses over many versions. Mirrors ``snapshot._to_document`` (schema 3)."""
+        if snapshot.schema_version != 3 or snapshot_format.SCHEMA_VERSION != 3:
+            return snapshot.to_json()  # a schema this mirror does not know
+        request = snapshot.request
+        if request is not self.request:
+            self.request, self.request_doc = request, snapshot_format._encode_text(request)
+            self.response = None  # its encoding refers to the request's lines
+        response = snapshot.last_response
+        if response is None:
+            response_doc = None
+        elif response is self.response:
+            response_doc = self.response_doc
+        else:
+            response_doc = snapshot_format._encode_response(response, request)
+            self.response, self.response_doc = response, response_doc
+        transport = snapshot.transport
+        if transport is not self.transport:
+            self.transport = transport
+            self.transport_doc = [transport.protocol, transport.reliable, list(transport.local),
+                                  list(transport.remote)]  # fmt: skip
+        document: dict[str, Any] = {
+            "schema": 3,
+            "kind": snapshot.kind,
+            "state": snapshot.state,
+            "key": snapshot.key,
+            "version": snapshot.version,
+            "created": snapshot.created_at,
+            "updated": snapshot.updated_at,
+            "transport": self.transport_doc,
+            "timers": {name: [deadline, interval] for name, deadline, interval in snapshot.timers},
+            "request": self.request_doc,
+            "response": response_doc,
+        }
+        timings = snapshot.timings
+        if timings is not self.timings:
+            self.timings = timings
+            default = timings == snapshot_format.DEFAULT_TIMINGS
+            self.timings_doc = None if default else dataclasses.asdict(timings)
+        if self.timings_doc is not None:
+            document["timings"] = self.timings_doc
+        return orjson.dumps(document)
 
 
 # --- scripts ---------------------------------------------------------------------
@@ -472,8 +543,8 @@ class RedisTransactionStore:
         self._epochs: dict[str, int] = {}
         self._held: dict[str, Transaction] = {}
         self._stored: dict[str, TransactionSnapshot] = {}
-        # txkey -> (shard, record key): computed once per transaction, not per version.
-        self._places: dict[str, tuple[int, bytes]] = {}
+        # txkey -> what stays the same across its versions (shard, key, encoded parts).
+        self._places: dict[str, _Place] = {}
         # Changed while Redis was down (or in a failed pipeline): stored again by resync.
         self._unsynced: dict[str, Transaction] = {}
         self._queue: list[_Batch] = []
@@ -568,16 +639,15 @@ class RedisTransactionStore:
         else:
             self._held[txkey] = tx
             self._stored[txkey] = snapshot
-        snap_json = snapshot.to_json()
         deadline = snapshot.next_deadline()
         last = max((d for _, d, _ in snapshot.timers), default=None)
         ttl = self.idle_ttl if last is None else max(last - now, 0.0) + self.expire_grace
         place = self._places.get(txkey)
         if place is None:
-            place = self._places[txkey] = _place(txkey, self.shards)
+            place = self._places[txkey] = _Place(txkey, self.shards)
         if terminated:
             del self._places[txkey]
-        shard, key = place
+        snap_json = place.snapshot_json(snapshot)
         meta = "\n".join(
             (
                 mode,
@@ -597,7 +667,7 @@ class RedisTransactionStore:
         )
         blob = b"" if terminated else pack_snapshot(snap_json)
         return _Write(
-            tx, txkey, shard, key, meta.encode("utf-8", "surrogateescape"), blob, snap_json,
+            tx, txkey, place.shard, place.key, meta.encode("utf-8", "surrogateescape"), blob, snap_json,
             snapshot.version, terminated,
         )  # fmt: skip
 
