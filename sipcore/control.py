@@ -301,8 +301,8 @@ def _ask_sync(
     reply = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
     client.rpush(control_key(node_id), json.dumps({**command, "reply": reply}))
     deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        popped = client.blpop([reply], timeout=max(1, int(min(left, 5))))
+    while time.monotonic() < deadline:
+        popped = client.blpop([reply], timeout=1)  # under the client's socket timeout (2 s)
         if popped is None:
             continue
         message = json.loads(popped[1])

@@ -75,7 +75,8 @@ Address = tuple[str, int]
 
 
 RECENT_DATAGRAMS = 20_000  # retransmissions come within seconds: enough for ~5 s at 4,000/s
-MAX_ADOPTING = 10_000  # store lookups in flight at once: beyond, a miss is dropped (the peer retransmits)
+MAX_ADOPTING = 10_000  # keys waiting for a store lookup: beyond, a miss is dropped (the peer retransmits)
+ADOPT_CONCURRENCY = 32  # lookups on the wire at once (each holds one of the store's connections)
 
 
 class Timed(Protocol):
@@ -273,6 +274,7 @@ class TransactionLayer:
         # Keys being adopted -> the messages that wait for the outcome.
         self._adopting: dict[TransactionKey, list[tuple[Request | Response, Source]]] = {}
         self._adoptions: set[asyncio.Future[None]] = set()
+        self._adopt_slots = asyncio.Semaphore(ADOPT_CONCURRENCY)
         self.relay: Relay | None = None  # set by the node: forwards to a transaction's live owner
         self.clock = clock
         self.loop = loop or asyncio.get_running_loop()
@@ -706,7 +708,8 @@ class TransactionLayer:
     async def _adopt(self, key: TransactionKey, source: Source) -> None:
         assert self._adopter is not None
         try:
-            tx = await self._adopter.adopt(str(key), source.transport_info(), self.clock())
+            async with self._adopt_slots:
+                tx = await self._adopter.adopt(str(key), source.transport_info(), self.clock())
         except Exception:
             log.exception("adopting %s failed", key)
             tx = None
