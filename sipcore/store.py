@@ -321,7 +321,7 @@ class _Place:
         timings = snapshot.timings
         if timings is not self.timings:
             self.timings = timings
-            default = timings == snapshot_format.DEFAULT_TIMINGS
+            default = timings is snapshot_format.DEFAULT_TIMINGS or timings == snapshot_format.DEFAULT_TIMINGS
             self.timings_doc = None if default else dataclasses.asdict(timings)
         if self.timings_doc is not None:
             document["timings"] = self.timings_doc
@@ -641,9 +641,12 @@ class RedisTransactionStore:
         else:
             self._held[txkey] = tx
             self._stored[txkey] = snapshot
-        deadline = snapshot.next_deadline()
-        last = max((d for _, d, _ in snapshot.timers), default=None)
-        ttl = self.idle_ttl if last is None else max(last - now, 0.0) + self.expire_grace
+        if snapshot.timers:  # the next deadline (snapshot.next_deadline()) and the last one
+            deadlines = [timer[1] for timer in snapshot.timers]
+            deadline: float | None = min(deadlines)
+            ttl = max(max(deadlines) - now, 0.0) + self.expire_grace
+        else:
+            deadline, ttl = None, self.idle_ttl
         place = self._places.get(txkey)
         if place is None:
             place = self._places[txkey] = _Place(txkey, self.shards)
