@@ -92,7 +92,8 @@ def test_non_invite_client_with_a_body_that_is_not_utf8_and_own_timings(wall):
     tx = NonInviteClientTransaction(request, TCP, wall, timings=timings)
     place, seen = _Place(str(tx.key), 16), []
     check(place, tx, seen)
-    assert b'"timings"' in seen[-1] and b'"base64"' in seen[-1]
+    assert b'"timings"' in seen[-1]
+    assert b'"base64"' in seen[-1]
     tx.receive(make_response(request, 200), wall + 0.1)
     check(place, tx, seen)
     server = NonInviteServerTransaction(request, TCP, wall)  # default timings, same place

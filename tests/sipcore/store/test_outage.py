@@ -145,3 +145,39 @@ def test_what_another_node_took_while_redis_was_away_is_reported_lost(killable_r
     assert epoch is None  # node-a let it go
     assert (stored_mine.owner, stored_mine.snapshot.state) == ("node-a", "Confirmed")
     assert (stored_disputed.owner, stored_disputed.epoch) == ("node-b", 1)
+
+
+def test_a_pipeline_cut_off_by_the_timeout_leaves_no_late_replies_for_the_next(killable_redis, wall):
+    """Redis stalls (CLIENT PAUSE) past the store's timeout while a commit's replies are
+    due: the store gives up on that connection, so when Redis answers late those
+    replies are not read as the next pipeline's. Scripts flushed meanwhile (as after a
+    restart) are loaded again."""
+    first = [busy_invite(n, wall) for n in range(3)]
+    second = [busy_invite(n, wall) for n in range(3, 8)]
+
+    async def scenario():
+        client = aioredis.Redis.from_url(killable_redis.url, socket_timeout=2, socket_connect_timeout=2)
+        store = RedisTransactionStore(client, "node-a", timeout=0.3)
+        sync = redis.Redis.from_url(killable_redis.url)
+        try:
+            assert await store.renew_lease()
+            assert await store.commit(first[:1], wall) == set()
+            sync.execute_command("CLIENT", "PAUSE", 800, "WRITE")  # EVALSHA waits, the store does not
+            assert await store.commit(first[1:], wall) == set()
+            assert store.durable is False
+            await asyncio.sleep(1.0)  # the pause ends; the late replies reach a closed connection
+            sync.script_flush()
+            assert await store.renew_lease() is True  # resync: everything stored again
+            assert await store.commit(second, wall) == set()
+            for tx in first:
+                tx.receive(ack_for(tx), wall + 0.1)
+            assert await store.commit(first, wall + 0.1) == set()
+            return [await store.load(str(tx.key)) for tx in first + second]
+        finally:
+            sync.close()
+            await client.aclose()
+
+    loaded = asyncio.run(scenario())
+    states = [(s.snapshot.state, s.version) for s in loaded]
+    expected = [("Confirmed", tx.version) for tx in first] + [("Completed", tx.version) for tx in second]
+    assert states == expected
