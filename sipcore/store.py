@@ -61,10 +61,14 @@ every later write of the previous owner is refused.
 Group commit
 ------------
 ``commit(changed, now)`` snapshots, encodes and compresses each changed
-transaction *synchronously* (the state of that loop turn), queues the writes
+transaction *synchronously* (the state of that loop turn; what stays the same
+across a transaction's versions, its key and its messages' JSON forms, is
+encoded once and reused), queues the writes
 and returns a future. One writer task sends everything queued as one pipeline
 with one EVALSHA per shard touched (one round trip; a cluster client splits it
-by slot; inside a shard's script each write is fenced on its own) and,
+by slot; inside a shard's script each write is fenced on its own; on a single
+Redis the commands are packed by hiredis and written on one pooled connection,
+see :meth:`RedisTransactionStore._send`) and,
 while it waits, the next turns' commits queue up behind it and go together in
 the next pipeline. So writes reach Redis in the order they were made, and a
 burst of turns costs one round trip per pipeline, not per turn.
