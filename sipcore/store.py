@@ -117,6 +117,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from sipcore.sip import Transaction, TransactionSnapshot, TransportInfo, restore_transaction
 from sipcore.sip import snapshot as snapshot_format
+from sipcore.sip.timers import DEFAULT_TIMINGS
 
 log = logging.getLogger("sipcore.store")
 
@@ -325,7 +326,7 @@ class _Place:
         timings = snapshot.timings
         if timings is not self.timings:
             self.timings = timings
-            default = timings is snapshot_format.DEFAULT_TIMINGS or timings == snapshot_format.DEFAULT_TIMINGS
+            default = timings is DEFAULT_TIMINGS or timings == DEFAULT_TIMINGS
             self.timings_doc = None if default else dataclasses.asdict(timings)
         if self.timings_doc is not None:
             document["timings"] = self.timings_doc
@@ -786,7 +787,7 @@ class RedisTransactionStore:
         pool = self.client.connection_pool
         for attempt in range(2):
             try:
-                conn = await pool.get_connection()
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             except redis.exceptions.ConnectionError:
                 if attempt:
                     raise
