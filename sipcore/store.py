@@ -631,15 +631,15 @@ class RedisTransactionStore:
             mode = "s"
         else:
             mode = "w"
-        snapshot = tx.snapshot()
         stored = self._stored.get(txkey)
+        if mode == "w" and not released and stored is not None and stored.version == tx.version:
+            return None  # nothing changed since the last write (no snapshot taken)
+        snapshot = tx.snapshot()
         terminated = tx.terminated
-        if mode == "w" and not released and stored is not None:
-            if stored.version == snapshot.version:
-                return None  # nothing changed since the last write
-            if self.lazy_rearm and not terminated and _only_rearmed(stored, snapshot):
-                self.skipped_rearms += 1
-                return None
+        lazy = self.lazy_rearm and mode == "w" and not released and not terminated
+        if lazy and stored is not None and _only_rearmed(stored, snapshot):
+            self.skipped_rearms += 1
+            return None
         if terminated:
             self._held.pop(txkey, None)
             self._stored.pop(txkey, None)
